@@ -1,0 +1,35 @@
+# make train [ARGS="hydra overrides"] | make sample [ARGS=...] | make test | make lint | make bench
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: env train sample test test-fast lint bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=python3"; exit 2; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0   # the CPU build; a bare `torch` would pull CUDA (GBs)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+train: env
+	$(BIN)/python train.py $(ARGS)
+
+sample: env
+	$(BIN)/python sample.py $(ARGS)
+
+test: env
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: env
+	$(BIN)/ruff check src tests train.py sample.py
+
+bench: env
+	$(BIN)/python -m rnnlm.bench $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,114 @@
+"""Lightning callbacks: samples during training, throughput, and a guard against NaN loss."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+
+from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.errors import RnnlmError
+from rnnlm.generation.decoding import DecodeSettings, generate
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Encode a priming prompt; fall back to the most frequent token if none is known."""
+    ids = [int(i) for i in tokenizer.encode(prompt) if i != 0] if prompt else []
+    return ids or [1 if len(tokenizer) > 1 else 0]
+
+
+def sample_texts(
+    net: torch.nn.Module,
+    tokenizer: Tokenizer,
+    temperatures: Sequence[float],
+    length: int,
+    prompt: str = "\n",
+    seed: int | None = 0,
+) -> list[tuple[float, str]]:
+    """One sample per temperature, with the net briefly in eval mode."""
+    was_training = net.training
+    net.eval()
+    try:
+        ids = prompt_ids(tokenizer, prompt)
+        return [
+            (t, tokenizer.decode(generate(net, ids, length, 1, DecodeSettings(temperature=t), seed=seed).tokens[0]))
+            for t in temperatures
+        ]
+    finally:
+        net.train(was_training)
+
+
+class SampleText(pl.Callback):
+    """Every ``every_n_steps`` generate a sample per temperature, primed with ``prompt``.
+
+    Samples go to ``samples.txt`` in the run dir and, with W&B, to a ``samples`` table.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        temperatures: Sequence[float] = (0.5, 0.8, 1.0),
+        length: int = 200,
+        prompt: str = "\n",
+        output_file: str | None = None,
+    ):
+        self.every_n_steps, self.temperatures = every_n_steps, list(temperatures)
+        self.length, self.prompt = length, prompt
+        self.output_file = Path(output_file) if output_file else None
+        self.rows: list[list[Any]] = []
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps:
+            return
+        tokenizer = Tokenizer.from_dict(pl_module.hparams["tokenizer"])
+        samples = sample_texts(pl_module.net, tokenizer, self.temperatures, self.length, self.prompt, seed=step)
+        self.rows += [[step, t, text] for t, text in samples]
+        if self.output_file is not None:
+            self.output_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.output_file.open("a", encoding="utf-8") as f:
+                for t, text in samples:
+                    f.write(f"=== step {step} temperature {t} ===\n{text}\n\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_text(key="samples", columns=["step", "temperature", "text"], data=self.rows, step=step)
+
+
+class TokenThroughput(pl.Callback):
+    """Logs ``train/tokens_per_s`` (all ranks together) over the last ``window`` steps."""
+
+    def __init__(self, window: int = 50):
+        self.window = window
+        self._start: float | None = None
+        self._tokens = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._start is None:  # the first step includes warm-up; start the clock after it
+            self._start, self._tokens = now, 0
+            return
+        self._tokens += batch[1].numel() * trainer.world_size
+        if trainer.global_step % self.window == 0 and now > self._start:
+            pl_module.log("train/tokens_per_s", self._tokens / (now - self._start), on_step=True, on_epoch=False, rank_zero_only=True)
+            self._start, self._tokens = now, 0
+
+
+class FiniteLoss(pl.Callback):
+    """Stops training at the first NaN/inf loss, before any checkpoint can hold bad weights."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or "none yet"
+            raise RnnlmError(
+                f"training loss became {float(loss)} at step {trainer.global_step}; stopped without "
+                f"saving these weights (last good checkpoint: {best}); lower model.optimizer.lr "
+                "or set trainer.gradient_clip_val"
+            )

@@ -1,0 +1,165 @@
+"""The corpus as one integer tensor, cut into train/val/test regions and windows."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rnnlm.data.corpus import read_corpus
+from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
+from rnnlm.errors import ConfigError, CorpusError
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+SPLITS = ("train", "val", "test")
+
+
+class WindowDataset(Dataset):
+    """Windows of ``seq_len + 1`` tokens starting every ``stride`` tokens of one region.
+
+    The windows are never materialised: a batch of window indices becomes one gather
+    from the region's token tensor (``__getitems__``), so memory stays ~ the corpus size.
+    """
+
+    def __init__(self, tokens: torch.Tensor, seq_len: int, stride: int):
+        self.tokens, self.seq_len, self.stride = tokens, seq_len, stride
+        self._offsets = torch.arange(seq_len + 1)
+
+    def __len__(self) -> int:
+        return max((len(self.tokens) - self.seq_len - 1) // self.stride + 1, 0)
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        starts = torch.as_tensor(indices, dtype=torch.long) * self.stride
+        windows = self.tokens[starts[:, None] + self._offsets].long()
+        return windows[:, :-1], windows[:, 1:]
+
+    def __getitem__(self, index: int) -> Batch:
+        inputs, targets = self.__getitems__([index])
+        return inputs[0], targets[0]
+
+
+def keep_batch(batch: Batch) -> Batch:
+    """Collate for ``__getitems__``: the dataset already returns a whole batch."""
+    return batch
+
+
+class CorpusDataModule(pl.LightningDataModule):
+    """Encodes the whole corpus once and serves shuffled, equal-size windows.
+
+    ``path=None`` trains on the embedded Shakespeare plays; otherwise ``path`` is a UTF-8
+    file or a directory read recursively with ``glob``. The vocabulary comes from the
+    training region only, so ``<unk>`` stands for what the model never saw.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        glob: str = "*.txt",
+        separator: str = "\n\n",
+        encoding_errors: str = "strict",
+        tokenizer: str = "char",
+        max_vocab: int | None = None,
+        min_freq: int = 1,
+        seq_len: int = 128,
+        stride: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        splits: Sequence[float] = (0.9, 0.05, 0.05),
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if tokenizer not in TOKENIZERS:
+            raise ConfigError(f"data.tokenizer={tokenizer!r}; use one of {sorted(TOKENIZERS)}")
+        for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("stride", stride)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"data.{name}={value!r}; it must be a positive integer")
+        if len(splits) != 3 or any(s <= 0 for s in splits) or abs(sum(splits) - 1) > 1e-6:
+            raise ConfigError(f"data.splits={list(splits)}; give three positive fractions summing to 1")
+        self.path, self.glob, self.separator = path, glob, separator
+        self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
+        self.max_vocab, self.min_freq = max_vocab, min_freq
+        self.seq_len, self.stride = seq_len, stride or seq_len
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.splits, self.num_workers = tuple(splits), num_workers
+        self.tokenizer: Tokenizer | None = None
+        self.tokens: dict[str, torch.Tensor] = {}
+        self.datasets: dict[str, WindowDataset] = {}
+        self.stats: dict[str, Any] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        assert self.tokenizer is not None, "call setup() first"
+        return len(self.tokenizer)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:  # Lightning calls setup per stage; build once.
+            return
+        text, facts = read_corpus(self.path, self.glob, self.separator, self.encoding_errors)
+        if facts["replaced_bytes"]:
+            log.warning("replaced %d undecodable bytes with U+FFFD", facts["replaced_bytes"])
+        n_train_chars = int(len(text) * self.splits[0])
+        self.tokenizer = TOKENIZERS[self.tokenizer_kind].fit(
+            text[:n_train_chars], self.max_vocab, self.min_freq
+        )
+        ids = torch.from_numpy(self.tokenizer.encode(text))
+        del text
+        bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
+        for i, split in enumerate(SPLITS):
+            self.tokens[split] = ids[bounds[i] : bounds[i + 1]]
+            self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, self.stride)
+        self._check_sizes()
+        self.stats = {
+            **facts,
+            "tokens": len(ids),
+            "vocab_size": len(self.tokenizer),
+            "token_dtype": str(ids.dtype),
+            **{f"{s}_tokens": len(self.tokens[s]) for s in SPLITS},
+            **{f"{s}_windows": len(self.datasets[s]) for s in SPLITS},
+        }
+        log.info(
+            "corpus: %d tokens (%s), vocab %d, windows train/val/test %d/%d/%d of %d tokens",
+            len(ids), self.tokenizer_kind, len(self.tokenizer),
+            *(len(self.datasets[s]) for s in SPLITS), self.seq_len,
+        )
+
+    def _check_sizes(self) -> None:
+        for split in SPLITS:
+            n = len(self.tokens[split])
+            if n < self.seq_len + 1:
+                raise CorpusError(
+                    f"the {split} split has {n} tokens, fewer than one window of "
+                    f"seq_len+1={self.seq_len + 1}; lower data.seq_len or use a longer corpus"
+                )
+        n_train = len(self.datasets["train"])
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if n_train < self.batch_size * world:
+            raise CorpusError(
+                f"the train split has {n_train} windows, fewer than one batch of "
+                f"data.batch_size={self.batch_size} x {world} device(s); lower data.batch_size "
+                "or data.seq_len, or use a longer corpus"
+            )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,  # equal-size training batches
+            collate_fn=keep_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

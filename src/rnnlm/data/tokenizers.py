@@ -1,0 +1,143 @@
+"""Character and word tokenizers whose whole state is a list of strings.
+
+Both reserve id 0 for ``<unk>``: a character (or word) unseen in the training split maps
+to it. ``to_dict()`` gives plain data that a checkpoint stores and ``from_dict`` rebuilds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any, Iterable
+
+import numpy as np
+
+UNK = "<unk>"
+_CHUNK = 1 << 23  # code points encoded per vectorised step; bounds the temporary memory
+_WORD = re.compile(r"\w+|[^\w\s]|\s+")
+
+
+def smallest_int_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest integer type that holds every id (the corpus is stored in it)."""
+    for dtype in (np.uint8, np.int16, np.int32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _ranked(counts: Iterable[tuple[str, int]], max_vocab: int | None, min_freq: int) -> list[str]:
+    """Tokens by falling count (ties by the token), trimmed by ``min_freq`` and ``max_vocab``."""
+    kept = sorted(((t, c) for t, c in counts if c >= min_freq), key=lambda tc: (-tc[1], tc[0]))
+    if max_vocab is not None:
+        kept = kept[: max(max_vocab - 1, 0)]  # one slot is <unk>
+    return [t for t, _ in kept]
+
+
+class Tokenizer:
+    """Shared behaviour; subclasses define ``kind``, ``fit``, ``encode`` and ``split``."""
+
+    kind: str
+
+    def __init__(self, vocab: list[str]):
+        if not vocab or vocab[0] != UNK:
+            raise ValueError(f"a vocabulary starts with {UNK!r}")
+        self.vocab = list(vocab)
+        self.index = {tok: i for i, tok in enumerate(self.vocab)}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return smallest_int_dtype(len(self.vocab))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        vocab = self.vocab
+        return "".join(vocab[int(i)] for i in ids)
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct pieces of ``text`` that the vocabulary lacks, in order of appearance."""
+        return list(dict.fromkeys(p for p in self.split(text) if p not in self.index))
+
+    def split(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "vocab": list(self.vocab)}
+
+    @staticmethod
+    def from_dict(state: dict[str, Any]) -> Tokenizer:
+        kinds = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer)}
+        if state.get("kind") not in kinds:
+            raise ValueError(f"unknown tokenizer kind {state.get('kind')!r}")
+        return kinds[state["kind"]](state["vocab"])
+
+
+class CharTokenizer(Tokenizer):
+    """Every Unicode code point is a token, so any script works and decoding is exact."""
+
+    kind = "char"
+
+    def __init__(self, vocab: list[str]):
+        super().__init__(vocab)
+        # Sorted code points of the known characters, and their ids, for searchsorted.
+        cps = np.array([ord(c) for c in self.vocab[1:]], dtype=np.int64)
+        order = np.argsort(cps)
+        self._cps = cps[order]
+        self._ids = (order + 1).astype(np.int64)
+
+    @classmethod
+    def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> CharTokenizer:
+        counts = np.zeros(0, dtype=np.int64)
+        for start in range(0, len(text), _CHUNK):
+            cps = _code_points(text[start : start + _CHUNK])
+            chunk = np.bincount(cps)
+            if len(chunk) > len(counts):
+                chunk[: len(counts)] += counts
+                counts = chunk
+            else:
+                counts[: len(chunk)] += chunk
+        present = np.nonzero(counts)[0]
+        ranked = _ranked(((chr(cp), int(counts[cp])) for cp in present), max_vocab, min_freq)
+        return cls([UNK, *ranked])
+
+    def split(self, text: str) -> list[str]:
+        return list(text)
+
+    def encode(self, text: str) -> np.ndarray:
+        out = np.zeros(len(text), dtype=self.dtype)
+        if not len(self._cps):
+            return out
+        for start in range(0, len(text), _CHUNK):
+            cps = _code_points(text[start : start + _CHUNK])
+            pos = np.searchsorted(self._cps, cps).clip(max=len(self._cps) - 1)
+            out[start : start + len(cps)] = np.where(self._cps[pos] == cps, self._ids[pos], 0)
+        return out
+
+
+class WordTokenizer(Tokenizer):
+    """Words, single punctuation marks and whitespace runs: decoding reproduces the text."""
+
+    kind = "word"
+
+    @classmethod
+    def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> WordTokenizer:
+        return cls([UNK, *_ranked(Counter(_WORD.findall(text)).items(), max_vocab, min_freq)])
+
+    def split(self, text: str) -> list[str]:
+        return _WORD.findall(text)
+
+    def encode(self, text: str) -> np.ndarray:
+        pieces = _WORD.findall(text)
+        get = self.index.get
+        return np.fromiter((get(p, 0) for p in pieces), dtype=self.dtype, count=len(pieces))
+
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer}
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)

@@ -1,0 +1,8 @@
+from rnnlm.generation.decoding import DecodeSettings, Generation, beam_search, filter_logits, generate, stream
+from rnnlm.generation.scoring import score_ids
+from rnnlm.generation.stats import distinct_n, repetition_rate, sample_statistics
+
+__all__ = [
+    "DecodeSettings", "Generation", "beam_search", "distinct_n", "filter_logits", "generate",
+    "repetition_rate", "sample_statistics", "score_ids", "stream",
+]

@@ -1,0 +1,248 @@
+"""One decoding engine: primed once with the prompt, then one token per step, batched.
+
+The recurrent state is carried from step to step, so the prefix is never re-run. Every
+strategy works on a batch of streams: ``sample``/``greedy`` decode ``num_samples`` streams
+together; ``beam`` expands all beams in one forward per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.errors import ConfigError
+
+STRATEGIES = ("greedy", "sample", "beam", "stochastic_beam")
+
+
+@dataclass
+class DecodeSettings:
+    """Every knob of decoding, validated once with errors that name the allowed range."""
+
+    strategy: str = "sample"
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    beam_width: int = 5
+    length_penalty: float = 0.0  # beam scores are divided by length ** length_penalty
+
+    def validate(self, vocab_size: int, num_samples: int = 1) -> DecodeSettings:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy={self.strategy!r}; use one of {list(STRATEGIES)}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature={self.temperature!r}; it must be >= 0 (0 means greedy)")
+        if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= vocab_size):
+            raise ConfigError(f"top_k={self.top_k!r}; it must be an integer in [1, {vocab_size}] (the vocabulary size) or null")
+        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise ConfigError(f"top_p={self.top_p!r}; it must be in (0, 1] or null")
+        if not isinstance(self.beam_width, int) or self.beam_width < 1:
+            raise ConfigError(f"beam_width={self.beam_width!r}; it must be an integer >= 1")
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ConfigError(f"num_samples={num_samples!r}; it must be an integer >= 1")
+        if self.strategy in ("beam", "stochastic_beam") and num_samples > self.beam_width:
+            raise ConfigError(f"num_samples={num_samples} > beam_width={self.beam_width}; beam search returns at most beam_width sequences")
+        return self
+
+
+@dataclass
+class Generation:
+    """Generated token ids per stream, the model's NLL of each (nats/token at T=1), beam scores."""
+
+    tokens: list[list[int]]
+    nll: list[float]
+    scores: list[float] = field(default_factory=list)
+
+
+def select_state(state, index: torch.Tensor):
+    """Reorder or repeat the batch rows of a (possibly tuple) recurrent state."""
+    if isinstance(state, tuple):
+        return tuple(s.index_select(1, index) for s in state)
+    return state.index_select(1, index)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Set logits outside the ``top_k`` best and outside the ``top_p`` nucleus to -inf."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the tokens ranked above it already reach top_p.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row: argmax for greedy/T=0, else sample softmax(filtered logits / T)."""
+    if settings.strategy == "greedy" or settings.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / settings.temperature, settings.top_k, settings.top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prime(net: nn.Module, prompt: Sequence[int], device: torch.device):
+    """Run the whole prompt in one forward pass; return the last logits [1, V] and state."""
+    ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)[None]
+    logits, state = net(ids)
+    return logits[:, -1], state
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    return generator
+
+
+@torch.no_grad()
+def stream(
+    net: nn.Module,
+    prompt: Sequence[int],
+    length: int,
+    num_samples: int = 1,
+    settings: DecodeSettings | None = None,
+    seed: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(tokens [num_samples], nll [num_samples])`` for each new step.
+
+    Greedy or sampled decoding. Memory does not grow with ``length``: nothing is kept here,
+    so a caller can write tokens out as they come.
+    """
+    settings = settings or DecodeSettings()
+    if not prompt:
+        raise ConfigError("the prompt is empty: give at least one token to start from")
+    device = next(net.parameters()).device
+    generator = make_generator(seed, device)
+    logits, state = prime(net, prompt, device)
+    logits = logits.expand(num_samples, -1)
+    state = select_state(state, torch.zeros(num_samples, dtype=torch.long, device=device))
+    for _ in range(length):
+        tokens = next_tokens(logits, settings, generator)
+        nll = -F.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
+        yield tokens, nll
+        out, state = net(tokens[:, None], state)
+        logits = out[:, -1]
+
+
+def _ends_with(history: list[torch.Tensor], stop: Sequence[int]) -> torch.Tensor | None:
+    """Which streams' generated tokens now end with ``stop`` (None if too short)."""
+    if not stop or len(history) < len(stop):
+        return None
+    tail = torch.stack(history[-len(stop):], dim=1)
+    return (tail == torch.as_tensor(list(stop), device=tail.device)).all(dim=1)
+
+
+def generate(
+    net: nn.Module,
+    prompt: Sequence[int],
+    length: int,
+    num_samples: int = 1,
+    settings: DecodeSettings | None = None,
+    seed: int | None = None,
+    stop: Sequence[int] = (),
+) -> Generation:
+    """Decode ``length`` new tokens (or until every stream has produced ``stop``)."""
+    settings = settings or DecodeSettings()
+    if settings.strategy in ("beam", "stochastic_beam"):
+        return beam_search(net, prompt, length, num_samples, settings, seed, stop)
+    history: list[torch.Tensor] = []
+    nlls: list[torch.Tensor] = []
+    ends = torch.full((num_samples,), length, dtype=torch.long)  # exclusive end per stream
+    finished = torch.zeros(num_samples, dtype=torch.bool)
+    for tokens, nll in stream(net, prompt, length, num_samples, settings, seed):
+        history.append(tokens)
+        nlls.append(nll)
+        ended = _ends_with(history, stop)
+        if ended is not None:
+            ended = ended.cpu() & ~finished
+            ends[ended] = len(history)
+            finished |= ended
+            if bool(finished.all()):
+                break
+    if not history:
+        return Generation([[] for _ in range(num_samples)], [float("nan")] * num_samples)
+    ids = torch.stack(history, 1).cpu()
+    nll = torch.stack(nlls, 1).cpu()
+    ends = ends.clamp(max=len(history)).tolist()
+    return Generation(
+        [ids[i, : ends[i]].tolist() for i in range(num_samples)],
+        [float(nll[i, : ends[i]].mean()) for i in range(num_samples)],
+    )
+
+
+@torch.no_grad()
+def beam_search(
+    net: nn.Module,
+    prompt: Sequence[int],
+    length: int,
+    num_samples: int = 1,
+    settings: DecodeSettings | None = None,
+    seed: int | None = None,
+    stop: Sequence[int] = (),
+) -> Generation:
+    """Keep the ``beam_width`` most likely continuations by summed log-probability.
+
+    ``stochastic_beam`` samples each beam's candidates from softmax(logits / T) instead of
+    taking its top ones, then prunes to the most likely ``beam_width`` as usual. Beams
+    that produce ``stop`` are set aside; the result ranks finished and surviving beams by
+    ``score / length ** length_penalty``.
+    """
+    settings = settings or DecodeSettings(strategy="beam")
+    if not prompt:
+        raise ConfigError("the prompt is empty: give at least one token to start from")
+    device = next(net.parameters()).device
+    generator = make_generator(seed, device)
+    width = settings.beam_width
+    logits, state = prime(net, prompt, device)
+    scores = torch.zeros(1, device=device)
+    seqs = torch.zeros(1, 0, dtype=torch.long, device=device)
+    finished: list[tuple[list[int], float]] = []
+    for _ in range(length):
+        logp = F.log_softmax(logits.float(), -1)  # [beams, V]
+        vocab = logp.size(-1)
+        if settings.strategy == "stochastic_beam" and settings.temperature > 0:
+            k = min(width, vocab)
+            probs = filter_logits(logp / settings.temperature, settings.top_k, settings.top_p).softmax(-1)
+            cand_tok = torch.multinomial(probs, k, replacement=False, generator=generator)  # [beams, k]
+            cand_score = scores[:, None] + logp.gather(-1, cand_tok)
+            flat = cand_score.flatten()
+            best = flat.topk(min(width, flat.numel())).indices
+            beam_idx, tokens = best // k, cand_tok.flatten()[best]
+            scores = flat[best]
+        else:
+            flat = (scores[:, None] + logp).flatten()
+            best = flat.topk(min(width, flat.numel())).indices
+            beam_idx, tokens = best // vocab, best % vocab
+            scores = flat[best]
+        seqs = torch.cat([seqs[beam_idx], tokens[:, None]], dim=1)
+        state = select_state(state, beam_idx)
+        if stop and seqs.size(1) >= len(stop):
+            ended = (seqs[:, -len(stop):] == torch.as_tensor(list(stop), device=device)).all(1)
+            for i in ended.nonzero().flatten().tolist():
+                finished.append((seqs[i].tolist(), float(scores[i])))
+            keep = (~ended).nonzero().flatten()
+            if len(finished) >= width or keep.numel() == 0:
+                seqs = seqs[keep]
+                scores = scores[keep]
+                break
+            seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]
+            state = select_state(state, keep)
+        out, state = net(tokens[:, None], state)
+        logits = out[:, -1]
+    pool = finished + [(s, float(v)) for s, v in zip(seqs.tolist(), scores.tolist())]
+    pool.sort(key=lambda sv: sv[1] / max(len(sv[0]), 1) ** settings.length_penalty, reverse=True)
+    top = pool[:num_samples]
+    return Generation(
+        [s for s, _ in top],
+        [-v / max(len(s), 1) for s, v in top],
+        [v / max(len(s), 1) ** settings.length_penalty for s, v in top],
+    )

@@ -1,0 +1,123 @@
+"""The LightningModule: loss, metrics, optimiser and what goes into a checkpoint."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric, MinMetric
+
+from rnnlm.models.rnn import RNNLM
+
+CHECKPOINT_FORMAT = "rnnlm/1"
+LN2 = math.log(2)
+
+
+class LanguageModel(pl.LightningModule):
+    """Next-token prediction with an :class:`RNNLM`.
+
+    Logged per split: ``loss`` (mean nats per token over all tokens), ``ppl`` (exp of that
+    mean), ``bpc`` (bits per token) and ``acc`` (top-1 next-token accuracy), plus
+    ``val/loss_best``. The tokenizer state and architecture are saved as plain
+    hyper-parameters, so a checkpoint alone is enough to sample.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        tokenizer: dict[str, Any],
+        cell: str = "lstm",
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        embedding_dim: int | None = 64,
+        tie_weights: bool = False,
+        onehot_max_vocab: int = 1024,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.net = RNNLM(**self.architecture(self.hparams))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Not a registered submodule: the compiled wrapper shares ``net``'s parameters and
+        # must not add a second copy of its keys to the state dict.
+        object.__setattr__(self, "step_model", torch.compile(self.net) if compile else self.net)
+        self.metrics = torch.nn.ModuleDict(
+            {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in ("loss", "acc")}
+        )
+        self.val_loss_best = MinMetric()
+
+    @staticmethod
+    def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
+        """The :class:`RNNLM` arguments among the hyper-parameters (also used when sampling)."""
+        keys = ("vocab_size", "cell", "hidden_size", "num_layers", "dropout", "embedding_dim",
+                "tie_weights", "onehot_max_vocab")
+        return {k: hparams[k] for k in keys if k in hparams}
+
+    def forward(self, tokens: torch.Tensor, state=None):
+        return self.step_model(tokens, state)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        inputs, targets = batch
+        logits, _ = self(inputs)
+        flat_logits = logits.reshape(-1, logits.size(-1))
+        loss = F.cross_entropy(flat_logits, targets.reshape(-1))
+        if split == "train":
+            return loss
+        with torch.no_grad():
+            correct = (flat_logits.argmax(-1) == targets.reshape(-1)).float().mean()
+        self.metrics[f"{split}_loss"].update(loss.detach(), weight=targets.numel())
+        self.metrics[f"{split}_acc"].update(correct, weight=targets.numel())
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/bpc", loss.detach() / LN2, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def _log_split(self, split: str) -> float:
+        """Log loss/ppl/bpc/acc of a whole epoch; metrics are reduced across ranks."""
+        loss = self.metrics[f"{split}_loss"].compute()
+        acc = self.metrics[f"{split}_acc"].compute()
+        self.metrics[f"{split}_loss"].reset()
+        self.metrics[f"{split}_acc"].reset()
+        values = {"loss": loss, "ppl": torch.exp(loss), "bpc": loss / LN2, "acc": acc}
+        for name, value in values.items():
+            self.log(f"{split}/{name}", value, prog_bar=name in ("loss", "bpc"), sync_dist=True)
+        return float(loss)
+
+    def on_train_start(self) -> None:
+        self.val_loss_best.reset()  # forget the sanity check's untrained loss
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self._log_split("val")
+        if not self.trainer.sanity_checking:
+            self.val_loss_best.update(torch.tensor(loss))
+            self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def configure_optimizers(self) -> Any:
+        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=2e-3))
+        optimizer = factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rnnlm_format"] = CHECKPOINT_FORMAT

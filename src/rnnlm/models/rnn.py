@@ -1,0 +1,111 @@
+"""The recurrent network itself: tokens and state in, next-token logits and state out."""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlm.errors import ConfigError
+
+State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model.{name}={value!r}; it must be a positive integer")
+    return value
+
+
+class RNNLM(nn.Module):
+    """Embedding (or one-hot) -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` stack -> dropout -> linear.
+
+    ``embedding_dim=None`` feeds one-hot vectors, like the classic lesson; it is refused for
+    vocabularies above ``onehot_max_vocab`` because the input matrix grows with the vocab.
+    ``tie_weights`` shares the embedding and output matrices (needs
+    ``embedding_dim == hidden_size``).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        embedding_dim: int | None = 64,
+        tie_weights: bool = False,
+        onehot_max_vocab: int = 1024,
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise ConfigError(f"model.cell={cell!r}; use one of {sorted(CELLS)}")
+        vocab_size = _positive_int("vocab_size", vocab_size)
+        hidden_size = _positive_int("hidden_size", hidden_size)
+        num_layers = _positive_int("num_layers", num_layers)
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ConfigError(f"model.dropout={dropout!r}; it must be a number in [0, 1)")
+        if embedding_dim is None:
+            if vocab_size > onehot_max_vocab:
+                raise ConfigError(
+                    f"one-hot input with a vocabulary of {vocab_size} tokens exceeds "
+                    f"model.onehot_max_vocab={onehot_max_vocab}; set model.embedding_dim=<int> "
+                    "(e.g. 128) to use a learned embedding"
+                )
+            self.embedding = None
+            input_size = vocab_size
+        else:
+            input_size = _positive_int("embedding_dim", embedding_dim)
+            self.embedding = nn.Embedding(vocab_size, input_size)
+        if tie_weights and embedding_dim != hidden_size:
+            raise ConfigError(
+                f"model.tie_weights=true needs model.embedding_dim ({embedding_dim}) == "
+                f"model.hidden_size ({hidden_size})"
+            )
+        self.vocab_size, self.cell, self.hidden_size, self.num_layers = vocab_size, cell, hidden_size, num_layers
+        self.rnn = CELLS[cell](
+            input_size, hidden_size, num_layers, batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        if tie_weights:
+            self.decoder.weight = self.embedding.weight
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.embedding is None:
+            return F.one_hot(tokens, self.vocab_size).to(self.decoder.weight.dtype)
+        return self.embedding(tokens)
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state."""
+        outputs, state = self.rnn(self.embed(tokens), state)
+        return self.decoder(self.dropout(outputs)), state
+
+    @staticmethod
+    def select_state(state: State, index: torch.Tensor) -> State:
+        """Reorder (or repeat) the batch rows of a state, e.g. to follow surviving beams."""
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, index) for s in state)
+        return state.index_select(1, index)
+
+    @staticmethod
+    def detach_state(state: State) -> State:
+        if isinstance(state, tuple):
+            return tuple(s.detach() for s in state)
+        return state.detach()
+
+    def memory_report(self) -> dict[str, int]:
+        """Parameter counts worth logging, including the input matrix that grows with vocab."""
+        input_params = (
+            self.embedding.weight.numel() if self.embedding is not None
+            else self.rnn.weight_ih_l0.numel()  # one-hot: the first layer's input matrix
+        )
+        return {
+            "params_total": sum(p.numel() for p in self.parameters()),
+            "params_rnn": sum(p.numel() for p in self.rnn.parameters()),
+            "params_input": input_params,
+        }

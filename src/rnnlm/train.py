@@ -1,0 +1,135 @@
+"""``train(cfg)``: everything ``python train.py`` does, callable from tests."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from rnnlm.callbacks import sample_texts
+from rnnlm.data.datamodule import CorpusDataModule
+from rnnlm.errors import RnnlmError
+from rnnlm.models.module import LanguageModel
+
+log = logging.getLogger(__name__)
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before training, not after hours of it, when the run dir cannot hold files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise RnnlmError(
+            f"output dir {directory} is not writable ({err.strerror}); free disk space, fix "
+            "its permissions or pass hydra.run.dir=<a writable dir>"
+        ) from None
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate each entry with a ``_target_`` of a dict-of-configs group (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
+    data_cfg = cfg.data
+    if data_cfg.get("path"):
+        data_cfg = OmegaConf.merge(data_cfg, {"path": to_absolute_path(str(data_cfg.path))})
+    datamodule = instantiate(data_cfg)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_model(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModel:
+    # _convert_="all": hyper-parameters become plain dicts/lists, loadable with weights_only=True.
+    return instantiate(
+        cfg.model, vocab_size=datamodule.vocab_size, tokenizer=datamodule.tokenizer.to_dict(), _convert_="all"
+    )
+
+
+def log_run_facts(loggers: list[Logger], cfg: DictConfig, model: LanguageModel, datamodule: CorpusDataModule) -> None:
+    facts = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        **{f"model/{k}": v for k, v in model.net.memory_report().items()},
+        **{f"data/{k}": v for k, v in datamodule.stats.items()},
+    }
+    for logger in loggers:
+        logger.log_hyperparams(facts)
+    log.info("model: %s", ", ".join(f"{k}={v:,}" for k, v in model.net.memory_report().items()))
+
+
+def wandb_run_dir(loggers: list[Logger]) -> str | None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            return str(Path(logger.experiment.dir).parent)
+    return None
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit, test the best checkpoint, and return metrics plus the objects that made them."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    check_writable(output_dir)
+
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    log_run_facts(loggers, cfg, model, datamodule)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and ckpt_path != "last":
+        ckpt_path = to_absolute_path(str(ckpt_path))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test", True) and not trainer.interrupted:
+        # Report val and test of the checkpoint that exists (the best), not of the last step.
+        for evaluate, prefix in ((trainer.validate, "val/"), (trainer.test, "test/")):
+            evaluate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
+    objects = {
+        "cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
+        "best_ckpt": best, "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", ""),
+        "wandb_dir": wandb_run_dir(loggers) if trainer.is_global_zero else None,
+    }
+    return metrics, objects
+
+
+def summary(metrics: dict[str, float], objects: dict[str, Any], temperatures=(0.5, 0.8, 1.0), length: int = 300) -> str:
+    """What a person wants to see when a run ends: numbers, where things are, samples."""
+    lines = ["", "=" * 72]
+    for split in ("val", "test"):
+        if f"{split}/loss" in metrics:
+            lines.append(
+                f"{split:>5}: loss {metrics[f'{split}/loss']:.4f} nats/token | "
+                f"perplexity {metrics[f'{split}/ppl']:.3f} | {metrics[f'{split}/bpc']:.4f} bits/token | "
+                f"accuracy {metrics[f'{split}/acc']:.3f}"
+            )
+    if "val/loss_best" in metrics:
+        lines.append(f"best val loss: {metrics['val/loss_best']:.4f}")
+    lines.append(f"best checkpoint: {objects['best_ckpt'] or '(none saved)'}")
+    lines.append(f"last checkpoint: {objects['last_ckpt'] or '(none saved)'}")
+    if objects.get("wandb_dir"):
+        lines.append(f"W&B offline run: {objects['wandb_dir']}  (upload: wandb sync {objects['wandb_dir']})")
+    model: LanguageModel = objects["model"]
+    tokenizer = objects["datamodule"].tokenizer
+    net = model.net.to("cpu") if not torch.cuda.is_available() else model.net
+    for temperature, text in sample_texts(net, tokenizer, temperatures, length, prompt="\n", seed=0):
+        lines += ["", f"--- sample, temperature {temperature} ---", text.strip("\n")]
+    lines.append("=" * 72)
+    return "\n".join(lines)
+

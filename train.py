@@ -1,0 +1,16 @@
+"""Train a recurrent language model: ``python train.py [hydra overrides]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from rnnlm.cli import run_task
+from rnnlm.train import summary, train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(cfg, train, summary)
+
+
+if __name__ == "__main__":
+    main()
