@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -15,12 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import RnnlmError
 from rnnlm.generation.decoding import DecodeSettings, generate
-
-
-def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Encode a priming prompt; fall back to the most frequent token if none is known."""
-    ids = [int(i) for i in tokenizer.encode(prompt) if i != 0] if prompt else []
-    return ids or [1 if len(tokenizer) > 1 else 0]
+from rnnlm.generation.prompt import encode_prompt
 
 
 def sample_texts(
@@ -35,7 +31,7 @@ def sample_texts(
     was_training = net.training
     net.eval()
     try:
-        ids = prompt_ids(tokenizer, prompt)
+        ids = encode_prompt(tokenizer, prompt, unknown="replace")
         return [
             (t, tokenizer.decode(generate(net, ids, length, 1, DecodeSettings(temperature=t), seed=seed).tokens[0]))
             for t in temperatures

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from omegaconf import DictConfig
 
 from rnnlm.errors import RnnlmError
+
 
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig

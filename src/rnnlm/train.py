@@ -17,6 +17,7 @@ from rnnlm.callbacks import sample_texts
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.errors import RnnlmError
 from rnnlm.models.module import LanguageModel
+from rnnlm.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def wandb_run_dir(loggers: list[Logger]) -> str | None:
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, test the best checkpoint, and return metrics plus the objects that made them."""
+    keep_freed_memory()
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -95,7 +97,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    checkpoint_cb = trainer.checkpoint_callback
+    best = checkpoint_cb.best_model_path if checkpoint_cb else ""
+    last = getattr(checkpoint_cb, "last_model_path", "") if checkpoint_cb else ""
     if cfg.get("test", True) and not trainer.interrupted:
         # Report val and test of the checkpoint that exists (the best), not of the last step.
         for evaluate, prefix in ((trainer.validate, "val/"), (trainer.test, "test/")):
@@ -103,7 +107,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
     objects = {
         "cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
-        "best_ckpt": best, "last_ckpt": getattr(trainer.checkpoint_callback, "last_model_path", ""),
+        "best_ckpt": best, "last_ckpt": last,
         "wandb_dir": wandb_run_dir(loggers) if trainer.is_global_zero else None,
     }
     return metrics, objects

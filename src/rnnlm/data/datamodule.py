@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -106,6 +107,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self.tokenizer = TOKENIZERS[self.tokenizer_kind].fit(
             text[:n_train_chars], self.max_vocab, self.min_freq
         )
+        self.tokenizer.start = self.separator
         ids = torch.from_numpy(self.tokenizer.encode(text))
         del text
         bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
@@ -135,6 +137,9 @@ class CorpusDataModule(pl.LightningDataModule):
                     f"the {split} split has {n} tokens, fewer than one window of "
                     f"seq_len+1={self.seq_len + 1}; lower data.seq_len or use a longer corpus"
                 )
+
+    def _check_batch(self) -> None:
+        """Checked when the loader is built: only then is the number of devices known."""
         n_train = len(self.datasets["train"])
         world = self.trainer.world_size if self.trainer is not None else 1
         if n_train < self.batch_size * world:
@@ -156,6 +161,7 @@ class CorpusDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        self._check_batch()
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

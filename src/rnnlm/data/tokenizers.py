@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -38,10 +39,11 @@ class Tokenizer:
 
     kind: str
 
-    def __init__(self, vocab: list[str]):
+    def __init__(self, vocab: list[str], start: str = "\n\n"):
         if not vocab or vocab[0] != UNK:
             raise ValueError(f"a vocabulary starts with {UNK!r}")
         self.vocab = list(vocab)
+        self.start = start  # text that begins a document: what an empty prompt primes with
         self.index = {tok: i for i, tok in enumerate(self.vocab)}
 
     def __len__(self) -> int:
@@ -66,14 +68,14 @@ class Tokenizer:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab": list(self.vocab)}
+        return {"kind": self.kind, "vocab": list(self.vocab), "start": self.start}
 
     @staticmethod
     def from_dict(state: dict[str, Any]) -> Tokenizer:
         kinds = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer)}
         if state.get("kind") not in kinds:
             raise ValueError(f"unknown tokenizer kind {state.get('kind')!r}")
-        return kinds[state["kind"]](state["vocab"])
+        return kinds[state["kind"]](list(state["vocab"]), state.get("start", "\n\n"))
 
 
 class CharTokenizer(Tokenizer):
@@ -81,8 +83,8 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, vocab: list[str]):
-        super().__init__(vocab)
+    def __init__(self, vocab: list[str], start: str = "\n\n"):
+        super().__init__(vocab, start)
         # Sorted code points of the known characters, and their ids, for searchsorted.
         cps = np.array([ord(c) for c in self.vocab[1:]], dtype=np.int64)
         order = np.argsort(cps)

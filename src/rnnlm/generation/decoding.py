@@ -8,8 +8,9 @@ together; ``beam`` expands all beams in one forward per step.
 from __future__ import annotations
 
 import math
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,14 +134,6 @@ def stream(
         logits = out[:, -1]
 
 
-def _ends_with(history: list[torch.Tensor], stop: Sequence[int]) -> torch.Tensor | None:
-    """Which streams' generated tokens now end with ``stop`` (None if too short)."""
-    if not stop or len(history) < len(stop):
-        return None
-    tail = torch.stack(history[-len(stop):], dim=1)
-    return (tail == torch.as_tensor(list(stop), device=tail.device)).all(dim=1)
-
-
 def generate(
     net: nn.Module,
     prompt: Sequence[int],
@@ -149,33 +142,45 @@ def generate(
     settings: DecodeSettings | None = None,
     seed: int | None = None,
     stop: Sequence[int] = (),
+    on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    keep: int | None = None,
 ) -> Generation:
-    """Decode ``length`` new tokens (or until every stream has produced ``stop``)."""
+    """Decode ``length`` new tokens per stream, or until every stream has produced ``stop``.
+
+    ``on_step(tokens, active)`` sees each step's tokens as they come (e.g. to stream them to
+    a file); ``keep`` bounds how many tokens per stream are returned, so memory stays
+    bounded however long the generation. The returned NLL covers every generated token.
+    """
     settings = settings or DecodeSettings()
     if settings.strategy in ("beam", "stochastic_beam"):
         return beam_search(net, prompt, length, num_samples, settings, seed, stop)
-    history: list[torch.Tensor] = []
-    nlls: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
+    tail: deque[torch.Tensor] = deque(maxlen=max(len(stop), 1))
+    stop_ids = torch.as_tensor(list(stop), dtype=torch.long)
+    active = torch.ones(num_samples, dtype=torch.bool)
     ends = torch.full((num_samples,), length, dtype=torch.long)  # exclusive end per stream
-    finished = torch.zeros(num_samples, dtype=torch.bool)
-    for tokens, nll in stream(net, prompt, length, num_samples, settings, seed):
-        history.append(tokens)
-        nlls.append(nll)
-        ended = _ends_with(history, stop)
-        if ended is not None:
-            ended = ended.cpu() & ~finished
-            ends[ended] = len(history)
-            finished |= ended
-            if bool(finished.all()):
-                break
-    if not history:
+    nll_sum = torch.zeros(num_samples, dtype=torch.float64)
+    for step, (tokens, nll) in enumerate(stream(net, prompt, length, num_samples, settings, seed)):
+        tokens, nll = tokens.cpu(), nll.cpu()
+        nll_sum += nll.double() * active
+        if keep is None or len(kept) < keep:
+            kept.append(tokens)
+        if on_step is not None:
+            on_step(tokens, active)
+        if len(stop):
+            tail.append(tokens)
+            if len(tail) == len(stop):
+                ended = (torch.stack(list(tail), 1) == stop_ids).all(1) & active
+                ends[ended] = step + 1
+                active &= ~ended
+                if not bool(active.any()):
+                    break
+    if length == 0:
         return Generation([[] for _ in range(num_samples)], [float("nan")] * num_samples)
-    ids = torch.stack(history, 1).cpu()
-    nll = torch.stack(nlls, 1).cpu()
-    ends = ends.clamp(max=len(history)).tolist()
+    ids = torch.stack(kept, 1)
     return Generation(
-        [ids[i, : ends[i]].tolist() for i in range(num_samples)],
-        [float(nll[i, : ends[i]].mean()) for i in range(num_samples)],
+        [ids[i, : int(ends[i])].tolist() for i in range(num_samples)],
+        (nll_sum / ends.clamp(min=1)).tolist(),
     )
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.errors import ConfigError
 
-State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
@@ -84,19 +82,6 @@ class RNNLM(nn.Module):
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state."""
         outputs, state = self.rnn(self.embed(tokens), state)
         return self.decoder(self.dropout(outputs)), state
-
-    @staticmethod
-    def select_state(state: State, index: torch.Tensor) -> State:
-        """Reorder (or repeat) the batch rows of a state, e.g. to follow surviving beams."""
-        if isinstance(state, tuple):
-            return tuple(s.index_select(1, index) for s in state)
-        return state.index_select(1, index)
-
-    @staticmethod
-    def detach_state(state: State) -> State:
-        if isinstance(state, tuple):
-            return tuple(s.detach() for s in state)
-        return state.detach()
 
     def memory_report(self) -> dict[str, int]:
         """Parameter counts worth logging, including the input matrix that grows with vocab."""

@@ -1,0 +1,16 @@
+"""Generate text from (or score text with) a checkpoint: ``python sample.py [overrides]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from rnnlm.cli import run_task
+from rnnlm.sampling import report, sample
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(cfg, sample, report)
+
+
+if __name__ == "__main__":
+    main()

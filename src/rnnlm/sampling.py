@@ -1,0 +1,165 @@
+"""``sample(cfg)``: what ``python sample.py`` does: generate from, or score text with, a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from rnnlm.checkpoint import LoadedModel, latest_checkpoint, load_model
+from rnnlm.errors import ConfigError
+from rnnlm.generation.decoding import DecodeSettings, generate
+from rnnlm.generation.prompt import encode_prompt
+from rnnlm.generation.scoring import score_ids
+from rnnlm.generation.stats import sample_statistics
+from rnnlm.runtime import keep_freed_memory
+
+log = logging.getLogger(__name__)
+MAX_BEAM_LENGTH = 100_000  # beams hold their whole sequences; sampling streams instead
+
+
+def read_text_option(cfg: DictConfig, text_key: str, file_key: str) -> str | None:
+    """``text`` given inline, or read from ``text_file`` (one of the two, not both)."""
+    inline, file = cfg.get(text_key), cfg.get(file_key)
+    if inline is not None and file:
+        raise ConfigError(f"pass either {text_key}= or {file_key}=, not both")
+    if not file:
+        return None if inline is None else str(inline)
+    path = Path(to_absolute_path(str(file)))
+    if not path.is_file():
+        raise ConfigError(f"{file_key}={path} does not exist; pass a UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte offset {err.start}; convert it to UTF-8") from None
+
+
+def load(cfg: DictConfig) -> LoadedModel:
+    ckpt = cfg.get("ckpt")
+    path = Path(to_absolute_path(str(ckpt))) if ckpt else latest_checkpoint(to_absolute_path("outputs"))
+    loaded = load_model(path, cfg.get("device", "auto"))
+    log.info("loaded %s (step %d, %s tokenizer, vocab %d)", path, loaded.global_step, loaded.tokenizer.kind, len(loaded.tokenizer))
+    return loaded
+
+
+def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
+    text = read_text_option(cfg, "text", "text_file")
+    if not text:
+        raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
+    missing = loaded.tokenizer.unknown(text)
+    if missing and cfg.get("unknown", "error") == "error":
+        shown = ", ".join(repr(m) for m in missing[:20])
+        raise ConfigError(f"the text has {len(missing)} token(s) not in the vocabulary: {shown}; pass unknown=replace to score them as <unk>")
+    ids = torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
+    return score_ids(loaded.net, ids)
+
+
+def settings_from(cfg: DictConfig) -> DecodeSettings:
+    return DecodeSettings(
+        strategy=cfg.strategy, temperature=cfg.temperature, top_k=cfg.get("top_k"), top_p=cfg.get("top_p"),
+        beam_width=cfg.get("beam_width", 5), length_penalty=cfg.get("length_penalty", 0.0),
+    )
+
+
+def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
+    tokenizer = loaded.tokenizer
+    settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
+    length = cfg.length
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ConfigError(f"length={length!r}; it must be an integer >= 0 (new tokens per sample)")
+    beam = settings.strategy in ("beam", "stochastic_beam")
+    if beam and length > MAX_BEAM_LENGTH:
+        raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
+    prompt = read_text_option(cfg, "prompt", "prompt_file") or ""
+    ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "error"))
+    stop = [int(i) for i in tokenizer.encode(cfg.stop)] if cfg.get("stop") else []
+    keep = cfg.get("keep_tokens")
+    n = cfg.num_samples
+    echo = bool(cfg.get("stream", True)) and n == 1 and not beam
+    vocab = tokenizer.vocab
+
+    start = time.perf_counter()
+    with ExitStack() as stack:
+        # Each stream's text goes to its own file as it is produced: memory stays bounded.
+        files = [stack.enter_context((output_dir / f"sample_{i}.txt").open("w", encoding="utf-8")) for i in range(n)]
+        if not beam:
+            for f in files:
+                f.write(prompt)
+
+        def on_step(tokens: torch.Tensor, active: torch.Tensor) -> None:
+            for i, (token, alive) in enumerate(zip(tokens.tolist(), active.tolist())):
+                if alive:
+                    files[i].write(vocab[token])
+            if echo and bool(active[0]):
+                sys.stdout.write(vocab[int(tokens[0])])
+                sys.stdout.flush()
+
+        if echo:
+            sys.stdout.write(prompt)
+        result = generate(loaded.net, ids, length, n, settings, cfg.get("seed"), stop, on_step=on_step, keep=keep)
+        if beam:
+            for f, tokens in zip(files, result.tokens):
+                f.write(prompt + tokenizer.decode(tokens))
+    elapsed = time.perf_counter() - start
+    if echo:
+        sys.stdout.write("\n")
+    generated = sum(len(t) for t in result.tokens) if keep is None else n * length
+    stats = sample_statistics(result.tokens, result.nll)
+    samples = [
+        {"text": prompt + tokenizer.decode(tokens), "new_tokens": len(tokens), "nll_per_token": nll,
+         **({"score": result.scores[i]} if result.scores else {})}
+        for i, (tokens, nll) in enumerate(zip(result.tokens, result.nll))
+    ]
+    return {"samples": samples, "stats": stats, "seconds": elapsed,
+            "tokens_per_s": generated / elapsed if elapsed > 0 else None, "printed": echo}
+
+
+def sample(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Generate (``mode=generate``) or score (``mode=score``); write ``result.json`` to the run dir."""
+    keep_freed_memory()
+    if cfg.mode not in ("generate", "score"):
+        raise ConfigError(f"mode={cfg.mode!r}; use 'generate' or 'score'")
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    loaded = load(cfg)
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.mode == "score":
+        result = score(cfg, loaded)
+        metrics = {f"score/{k}": float(v) for k, v in result.items()}
+    else:
+        result = generate_samples(cfg, loaded, output_dir)
+        metrics = {f"sample/{k}": float(v) for k, v in result["stats"].items()}
+    record = {"ckpt": str(loaded.path), "global_step": loaded.global_step, "settings": settings, **result}
+    (output_dir / "result.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    return metrics, {"record": record, "output_dir": output_dir}
+
+
+def report(metrics: dict[str, float], objects: dict[str, Any]) -> str:
+    record = objects["record"]
+    lines = []
+    if "samples" in record:
+        for i, s in enumerate(record["samples"]):
+            if not record.get("printed"):
+                score = f", score {s['score']:.3f}" if "score" in s else ""
+                lines += [f"--- sample {i} (nll {s['nll_per_token']:.3f} nats/token{score}) ---", s["text"], ""]
+        st = record["stats"]
+        speed = f"{record['tokens_per_s']:.0f} tokens/s" if record.get("tokens_per_s") else "n/a"
+        lines.append(
+            f"nll/token {st['nll_per_token']:.3f} | distinct-1/2/3 {st['distinct_1']:.3f}/{st['distinct_2']:.3f}/"
+            f"{st['distinct_3']:.3f} | repeated 4-grams {st['repetition_4']:.3f} | {speed}"
+        )
+    else:
+        lines.append(
+            f"score: loss {record['loss']:.4f} nats/token | perplexity {record['ppl']:.3f} | "
+            f"{record['bpc']:.4f} bits/token | accuracy {record['acc']:.3f} over {record['tokens']} tokens"
+        )
+    lines.append(f"written: {objects['output_dir'] / 'result.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Shared fixtures: a small real corpus and a tiny CPU training config per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from rnnlm.data.corpus import shakespeare_plays
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+TINY = [
+    "model.hidden_size=48",
+    "model.num_layers=1",
+    "model.embedding_dim=16",
+    "data.seq_len=32",
+    "data.batch_size=16",
+    "trainer=cpu",
+    "trainer.max_steps=40",
+    "trainer.max_time=null",
+    "trainer.val_check_interval=20",
+    "trainer.limit_val_batches=4",
+    "+trainer.limit_test_batches=4",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=5",
+    "logger=csv",
+    "callbacks.sample_text.every_n_steps=20",
+    "callbacks.sample_text.length=20",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    """About 150 kB of the embedded plays: real text, small enough for seconds-long runs."""
+    return shakespeare_plays()[0][:150_000]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(corpus_text, encoding="utf-8")
+    return path
+
+
+def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.root_dir = str(Path(CONF_DIR).parent)
+        del cfg["hydra"]  # resolved outside a Hydra run
+    return cfg
+
+
+@pytest.fixture
+def cfg_train(tmp_path: Path, corpus_file: Path) -> DictConfig:
+    return compose_train([*TINY, f"data.path={corpus_file}"], tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict:
+    """One tiny run shared by the tests that need a trained model or a checkpoint."""
+    from rnnlm.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=120", "trainer.val_check_interval=40"], out)
+    metrics, objects = train(cfg)
+    return {"metrics": metrics, "objects": objects, "dir": out}

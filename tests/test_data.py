@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from rnnlm.data import CorpusDataModule
+from rnnlm.data.corpus import play_markdown_to_text, shakespeare_plays
+from rnnlm.errors import ConfigError, CorpusError
+
+
+def make_dm(path, **kw):
+    kw = {"seq_len": 16, "batch_size": 4, **kw}
+    dm = CorpusDataModule(path=str(path), **kw)
+    dm.setup("fit")
+    return dm
+
+
+def test_windows_are_shifted_by_one_and_regions_do_not_overlap(corpus_file):
+    dm = make_dm(corpus_file)
+    inputs, targets = next(iter(dm.train_dataloader()))
+    assert inputs.shape == targets.shape == (4, 16) and inputs.dtype == torch.long
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])
+    sizes = [len(dm.tokens[s]) for s in ("train", "val", "test")]
+    assert sum(sizes) == dm.stats["tokens"]
+    # contiguous regions of one tensor: train ends where val begins, val where test begins
+    base = dm.tokens["train"]
+    assert dm.tokens["val"].data_ptr() == base.data_ptr() + sizes[0] * base.element_size()
+    assert dm.tokens["test"].data_ptr() == base.data_ptr() + (sizes[0] + sizes[1]) * base.element_size()
+    # windows index into the region, never copy it
+    ds = dm.datasets["train"]
+    assert ds.tokens.data_ptr() == base.data_ptr()
+    assert len(ds) == (sizes[0] - 17) // 16 + 1
+    x, y = ds[3]
+    assert torch.equal(x, base[48:64].long()) and torch.equal(y, base[49:65].long())
+
+
+def test_train_batches_are_equal_sized_and_shuffled(corpus_file):
+    dm = make_dm(corpus_file, batch_size=7)
+    batches = list(dm.train_dataloader())
+    assert all(b[0].shape == (7, 16) for b in batches)
+    assert len(batches) == len(dm.datasets["train"]) // 7
+    first = batches[0][0]
+    assert not torch.equal(first, torch.stack([dm.datasets["train"][i][0] for i in range(7)]))
+
+
+def test_stride_overlaps_windows(corpus_file):
+    dm = make_dm(corpus_file, stride=4)
+    x0, _ = dm.datasets["train"][0]
+    x1, _ = dm.datasets["train"][1]
+    assert torch.equal(x0[4:], x1[:-4])
+
+
+def test_directory_corpus_with_glob_and_separator(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("alpha " * 200)
+    (tmp_path / "two.txt").write_text("beta " * 200)
+    (tmp_path / "skip.md").write_text("gamma " * 200)
+    dm = make_dm(tmp_path, separator="\n\n")
+    assert dm.stats["documents"] == 2
+    assert "g" not in dm.tokenizer.vocab
+
+
+def test_shakespeare_text_reads_like_a_play():
+    plays = shakespeare_plays()
+    assert len(plays) >= 30
+    text = plays[0]
+    assert "**" not in text and "#" not in text and "_Enter" not in text
+    assert "\n\nTHESEUS:\n" in text or any(line.endswith(":") for line in text.splitlines()[:40])
+    md = "# Title\n\n### SCENE I. A room.\n\n_Enter ROMEO_\n\n**ROMEO**  \nBut soft!  \nwhat light\n\n\n**JULIET**  \nAy me!\n"
+    assert play_markdown_to_text(md) == "Title\n\nSCENE I. A room.\n\nEnter ROMEO\n\nROMEO:\nBut soft!\nwhat light\n\nJULIET:\nAy me!\n"
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("missing.txt", None, r"missing\.txt does not exist; pass data\.path="),
+        ("", None, r"no files under .* match '\*\.txt'; pass data\.glob="),
+        ("empty.txt", "", r"empty\.txt is empty"),
+        ("blank.txt", " \n\t\n", r"is empty \(or only whitespace\)"),
+        ("short.txt", "tiny corpus " * 5, r"fewer than one window .* lower data\.seq_len"),
+    ],
+)
+def test_bad_corpus_is_a_clear_error(tmp_path, name, content, match):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(CorpusError, match=match):
+        make_dm(path)
+
+
+def test_batch_larger_than_windows_names_the_setting(tmp_path):
+    (tmp_path / "c.txt").write_text("some text here " * 200)
+    dm = make_dm(tmp_path / "c.txt", batch_size=1000)
+    with pytest.raises(CorpusError, match=r"fewer than one batch of data\.batch_size=1000"):
+        dm.train_dataloader()
+
+
+def test_undecodable_bytes_strict_and_replace(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(("café au lait " * 300).encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1\.txt: not valid UTF-8 at byte offset 3 .*encoding_errors=replace"):
+        make_dm(path)
+    dm = make_dm(path, encoding_errors="replace")
+    assert dm.stats["replaced_bytes"] == 300
+
+
+def test_bad_settings_are_config_errors(corpus_file):
+    with pytest.raises(ConfigError, match="data.tokenizer='bpe'"):
+        CorpusDataModule(path=str(corpus_file), tokenizer="bpe")
+    with pytest.raises(ConfigError, match="data.seq_len=0"):
+        CorpusDataModule(path=str(corpus_file), seq_len=0)
+    with pytest.raises(ConfigError, match="data.splits"):
+        CorpusDataModule(path=str(corpus_file), splits=[0.5, 0.5, 0.5])
+
+
+def test_word_tokenizer_corpus(corpus_file):
+    dm = make_dm(corpus_file, tokenizer="word", max_vocab=500)
+    assert dm.vocab_size == 500
+    x, _ = dm.datasets["val"][0]
+    assert len(dm.tokenizer.decode(x.tolist())) > 16

@@ -1,0 +1,100 @@
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlm.checkpoint import load_model
+from rnnlm.train import train
+from tests.conftest import CONF_DIR, TINY, compose_train
+
+ROOT = Path(CONF_DIR).parent
+
+
+def unigram_entropy(tokens: torch.Tensor) -> float:
+    counts = torch.bincount(tokens.long()).float()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def test_training_beats_the_unigram_entropy(trained):
+    dm = trained["objects"]["datamodule"]
+    entropy = unigram_entropy(dm.tokens["train"])
+    metrics = trained["metrics"]
+    assert metrics["val/loss"] < entropy - 0.2, (metrics["val/loss"], entropy)
+    assert metrics["test/loss"] < entropy
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-4)
+    assert 0 < metrics["val/acc"] < 1 and metrics["val/loss_best"] <= metrics["val/loss"] + 1e-6
+
+
+def test_checkpoint_is_plain_data_and_round_trips(trained):
+    objects = trained["objects"]
+    for path in (objects["best_ckpt"], objects["last_ckpt"]):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert ckpt["hyper_parameters"]["tokenizer"]["vocab"] == objects["datamodule"].tokenizer.vocab
+    loaded = load_model(objects["best_ckpt"], device="cpu")
+    assert loaded.tokenizer.vocab == objects["datamodule"].tokenizer.vocab
+    x = torch.randint(0, loaded.net.vocab_size, (2, 10))
+    net = objects["model"].net.eval().cpu()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x)[0], net(x)[0])
+
+
+def test_run_dir_holds_checkpoints_samples_and_logs(trained):
+    out = trained["dir"]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert "=== step 40 temperature 0.5 ===" in (out / "samples.txt").read_text()
+    assert (out / "csv" / "metrics.csv").is_file()
+
+
+def test_same_seed_same_losses(tmp_path, corpus_file):
+    runs = []
+    for name in ("a", "b"):
+        cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=10", "trainer.val_check_interval=10",
+                             "test=false", "callbacks.sample_text=null"], tmp_path / name)
+        runs.append(train(cfg)[0])
+    assert runs[0]["train/loss"] == runs[1]["train/loss"]
+    assert runs[0]["val/loss"] == runs[1]["val/loss"]
+
+
+def config_choices() -> list[tuple[str, str]]:
+    return [
+        (group.name, option.stem)
+        for group in sorted(Path(CONF_DIR).iterdir()) if group.is_dir() and group.name not in ("hydra",)
+        for option in sorted(group.glob("*.yaml"))
+    ]
+
+
+@pytest.mark.parametrize("group, option", config_choices())
+def test_every_config_composes(tmp_path, group, option, corpus_file):
+    overrides = [f"{group}={option}", f"data.path={corpus_file}"]
+    cfg = compose_train(overrides, tmp_path)
+    assert cfg.model._target_ and cfg.trainer._target_ and cfg.data._target_
+
+
+def run_cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_train_cli_smoke(tmp_path, corpus_file):
+    overrides = [o for o in TINY if not o.startswith("+")] + ["+trainer.limit_test_batches=4"]
+    result = run_cli("train.py", *overrides, f"data.path={corpus_file}", "logger=wandb", f"hydra.run.dir={tmp_path}/run",
+                     "trainer.max_steps=20", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for expected in ("val: loss", "perplexity", "bits/token", "best checkpoint:", "wandb sync", "temperature 0.8"):
+        assert expected in out
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_train_cli_bad_corpus_is_one_line(tmp_path):
+    result = run_cli("train.py", f"data.path={tmp_path}/nope.txt", "logger=csv", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: corpus path {tmp_path}/nope.txt does not exist; pass data.path=<a UTF-8 file or a directory>"
+    assert "Traceback" not in result.stderr
