@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe is None:  # torch reports garbage through the same exception
+            raise CheckpointError(
+                f"{path} is not a readable checkpoint (truncated or corrupted?); "
+                "use another checkpoint, e.g. the run's last.ckpt"
+            ) from None
         raise CheckpointError(
-            f"refused to load {path}: it holds objects other than tensors and plain data "
-            f"({first[:200]}); only load checkpoints you trust and that rnnlm wrote"
+            f"refused to load {path}: it holds a pickled object ({unsafe.group(1)}), not only tensors "
+            "and plain data; nothing in it was run. Load only checkpoints that rnnlm wrote"
         ) from None
     except Exception as err:  # torch raises many kinds for truncated or foreign files
         raise CheckpointError(
