@@ -126,7 +126,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, trained):
     ckpt["extra"] = Payload(str(marker))
     evil = tmp_path / "evil.ckpt"
     torch.save(ckpt, evil)
-    with pytest.raises(CheckpointError, match=r"refused to load .*evil.ckpt: it holds a pickled object \(subprocess.call\)"):
+    with pytest.raises(CheckpointError, match=r"refused to load .*evil.ckpt: it holds a pickled object \(\S*call\)"):
         load_model(evil)
     torch.save(ckpt, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)  # opcodes the safe loader lacks
     with pytest.raises(CheckpointError):
