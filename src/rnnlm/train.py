@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -105,6 +106,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         for evaluate, prefix in ((trainer.validate, "val/"), (trainer.test, "test/")):
             evaluate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
+    if trainer.is_global_zero:
+        # Final numbers as plain JSON next to the checkpoints: what `rnnlm.report` collects.
+        record = {"metrics": metrics, "global_step": trainer.global_step, "best_ckpt": best, "interrupted": trainer.interrupted}
+        (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     objects = {
         "cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
         "best_ckpt": best, "last_ckpt": last,
