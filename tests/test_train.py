@@ -47,7 +47,7 @@ def test_run_dir_holds_checkpoints_samples_and_logs(trained):
     out = trained["dir"]
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert "=== step 40 temperature 0.5 ===" in (out / "samples.txt").read_text()
-    assert (out / "csv" / "metrics.csv").is_file()
+    assert (out / "csv" / "version_0" / "metrics.csv").is_file()
 
 
 def test_same_seed_same_losses(tmp_path, corpus_file):

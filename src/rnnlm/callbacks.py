@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import RnnlmError
@@ -108,3 +109,24 @@ class FiniteLoss(pl.Callback):
                 f"saving these weights (last good checkpoint: {best}); lower model.optimizer.lr "
                 "or set trainer.gradient_clip_val"
             )
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM, save the current state as ``last-interrupted.ckpt``.
+
+    ``python train.py resume_dir=<run dir>`` (or ``ckpt_path=last``) then continues from it:
+    Lightning picks the newest ``last*.ckpt``. Lightning turns SIGTERM into
+    ``SIGTERMException`` at the next batch boundary and SIGINT into ``KeyboardInterrupt``.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last-interrupted.ckpt"):
+        self.path = Path(dirpath) / filename
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.world_size > 1:
+            return  # a collective save could hang when another rank has already gone
+        if trainer.state.fn != "fit" or trainer.global_step == 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trainer.save_checkpoint(self.path)
+        print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; resume with resume_dir={self.path.parent.parent}", flush=True)

@@ -19,6 +19,46 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def pin_job_for_relaunch() -> None:
+    """Make Lightning's DDP re-launch of this script rebuild *this* multirun job.
+
+    Lightning starts ranks > 0 by re-running ``sys.argv`` with ``hydra.run.dir`` set to the
+    current run dir. Inside a multirun, ``sys.argv`` holds the whole sweep (``-m a=1,2``)
+    and ``run.dir`` is not the job's dir, so each rank would start a sweep of its own. We
+    point both at the job: its own overrides and its own output dir.
+    """
+    if not _in_multirun():
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED")
+
+
+def reset_distributed(env_before: dict[str, str]) -> None:
+    """Undo what a DDP launch left in this process, so the next multirun job launches afresh.
+
+    Lightning exports ``LOCAL_RANK``/``WORLD_SIZE``/... when it starts ranks; a later job
+    in the same process would take them for an external launcher's and wait for ranks
+    that never come.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in DDP_ENV:
+        if key in env_before:
+            os.environ[key] = env_before[key]
+        else:
+            os.environ.pop(key, None)
+
+
 def finish_wandb(exit_code: int = 0) -> None:
     """Close the W&B run so the next multirun job starts its own (no-op without W&B)."""
     wandb = sys.modules.get("wandb")
@@ -37,6 +77,8 @@ def run_task(
     it is re-raised so Hydra records the failed job). ``HYDRA_FULL_ERROR=1`` shows tracebacks.
     """
     exit_code = 1
+    pin_job_for_relaunch()
+    env_before = {k: os.environ[k] for k in DDP_ENV if k in os.environ}
     try:
         metrics, objects = task(cfg)
         exit_code = 0
@@ -48,6 +90,8 @@ def run_task(
         sys.exit(err.exit_code)
     finally:
         finish_wandb(exit_code)
+        if _in_multirun():
+            reset_distributed(env_before)
     if report is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         print(report(metrics, objects), flush=True)
     name = cfg.get("optimized_metric")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from rnnlm.callbacks import sample_texts
@@ -77,6 +80,30 @@ def wandb_run_dir(loggers: list[Logger]) -> str | None:
     return None
 
 
+def wandb_settings(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Name, group and tags a W&B run by its place in a sweep; reuse the id when resuming.
+
+    Each multirun job becomes its own run named by its overrides, grouped by the sweep and
+    tagged with the swept values; a resumed run continues its W&B run instead of forking.
+    """
+    settings: dict[str, Any] = {}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            overrides = list(hydra_cfg.overrides.task)
+            settings["name"] = ",".join(overrides) or f"job{hydra_cfg.job.num}"
+            if not cfg.logger.wandb.get("group"):
+                settings["group"] = f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+            settings["tags"] = [*cfg.get("tags", []), *(o[:64] for o in overrides)]
+        elif not cfg.logger.wandb.get("name"):
+            settings["name"] = output_dir.name
+    previous = sorted((output_dir / "wandb").glob("*run-*-*"))
+    if cfg.get("ckpt_path") and previous and not cfg.logger.wandb.get("id"):
+        settings["id"] = previous[-1].name.rsplit("-", 1)[-1]
+        settings["resume"] = "allow"
+    return settings
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, test the best checkpoint, and return metrics plus the objects that made them."""
     keep_freed_memory()
@@ -84,6 +111,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
+    if cfg.get("resume_dir") and not cfg.get("ckpt_path"):
+        cfg.ckpt_path = "last"
+    if cfg.get("logger") and cfg.logger.get("wandb"):
+        with open_dict(cfg):
+            cfg.logger.wandb.update(wandb_settings(cfg, output_dir))
 
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
@@ -95,7 +127,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and ckpt_path != "last":
         ckpt_path = to_absolute_path(str(ckpt_path))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        # The DataModule's state_dict makes mid-epoch resumes exact; Lightning only checks
+        # the DataLoader for one and warns otherwise.
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     checkpoint_cb = trainer.checkpoint_callback

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnlm.data.corpus import read_corpus
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
@@ -44,6 +44,39 @@ class WindowDataset(Dataset):
         return inputs[0], targets[0]
 
 
+class WindowSampler(Sampler[int]):
+    """This rank's share of the windows: reshuffled each epoch from ``(seed, epoch)`` alone.
+
+    Because the order is a pure function of seed and epoch, a resumed run can skip exactly
+    the windows it already trained on (``start``) and see the same data order as a run
+    that was never interrupted. Under DDP each rank takes a disjoint, equal-size slice.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start = 0  # windows of this rank to skip, once (set when resuming mid-epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.shuffle:  # equal shares, so every rank runs the same number of steps
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)[: len(self) * self.world_size]
+        else:
+            order = torch.arange(self.size)
+        mine = order[self.rank :: self.world_size]
+        start, self.start = self.start, 0
+        return iter(mine[start:].tolist())
+
+
 def keep_batch(batch: Batch) -> Batch:
     """Collate for ``__getitems__``: the dataset already returns a whole batch."""
     return batch
@@ -72,6 +105,7 @@ class CorpusDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         splits: Sequence[float] = (0.9, 0.05, 0.05),
         num_workers: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
         if tokenizer not in TOKENIZERS:
@@ -86,7 +120,8 @@ class CorpusDataModule(pl.LightningDataModule):
         self.max_vocab, self.min_freq = max_vocab, min_freq
         self.seq_len, self.stride = seq_len, stride or seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.splits, self.num_workers = tuple(splits), num_workers
+        self.splits, self.num_workers, self.seed = tuple(splits), num_workers, seed
+        self._resume: dict[str, int] = {}
         self.tokenizer: Tokenizer | None = None
         self.tokens: dict[str, torch.Tensor] = {}
         self.datasets: dict[str, WindowDataset] = {}
@@ -150,15 +185,34 @@ class CorpusDataModule(pl.LightningDataModule):
             )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = WindowSampler(len(self.datasets[split]), shuffle, self.seed, rank, world)
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        if shuffle and self._resume:
+            sampler.set_epoch(self._resume["epoch"])
+            sampler.start = self._resume["batches"] * batch_size
+            self._resume = {}
         return DataLoader(
             self.datasets[split],
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            batch_size=batch_size,
+            sampler=sampler,
             drop_last=shuffle,  # equal-size training batches
             collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is in the data: saved in checkpoints, for an exact resume."""
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state:
+            self._resume = dict(state)
 
     def train_dataloader(self) -> DataLoader:
         self._check_batch()

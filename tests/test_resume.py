@@ -1,0 +1,62 @@
+"""Resuming continues exactly: same data order, optimiser state and step as an unbroken run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rnnlm.train import train
+from tests.conftest import TINY, compose_train
+from tests.test_train import ROOT
+
+RESUME = [*TINY, "test=false", "callbacks.sample_text=null", "trainer.val_check_interval=10",
+          "callbacks.periodic_checkpoint.every_n_train_steps=5", "data.batch_size=8"]
+
+
+def run(tmp_path, corpus_file, name, *extra):
+    cfg = compose_train([*RESUME, f"data.path={corpus_file}", *extra], tmp_path / name)
+    return train(cfg)
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
+    full, _ = run(tmp_path, corpus_file, "full", "trainer.max_steps=30")
+    run(tmp_path, corpus_file, "broken", "trainer.max_steps=15")  # stops mid-epoch, after step 15
+    ckpts = sorted(p.name for p in (tmp_path / "broken" / "checkpoints").glob("last*.ckpt"))
+    assert "last-step000015.ckpt" in ckpts
+    resumed, objects = run(tmp_path, corpus_file, "broken", "trainer.max_steps=30", "ckpt_path=last")
+    assert objects["trainer"].global_step == 30
+    assert resumed["train/loss"] == pytest.approx(full["train/loss"], abs=1e-5)
+    assert resumed["val/loss"] == pytest.approx(full["val/loss"], abs=1e-5)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig):
+    """SIGKILL loses at most the steps since the periodic checkpoint; SIGTERM/SIGINT save one."""
+    out = tmp_path / "run"
+    args = [*(o for o in RESUME if not o.startswith("+")), "+trainer.limit_test_batches=4", f"data.path={corpus_file}",
+            "trainer.max_steps=100000", "trainer.val_check_interval=1000", "logger=csv", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list((out / "checkpoints").glob("last-step*.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(proc.pid, sig)
+    output, _ = proc.communicate(timeout=120)
+    ckpts = {p.name for p in (out / "checkpoints").glob("last*.ckpt")}
+    assert ckpts, output[-2000:]
+    if sig != signal.SIGKILL:
+        assert "last-interrupted.ckpt" in ckpts, output[-2000:]
+        assert "resume with resume_dir=" in output
+    newest = max((out / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    step = torch.load(newest, weights_only=True)["global_step"]
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), *args[:-1], f"resume_dir={out}",
+                              f"trainer.max_steps={step + 5}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Restoring states from the checkpoint path at {newest}" in resumed.stdout + resumed.stderr
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 5
