@@ -110,9 +110,20 @@ def _best_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
     return best
 
 
-def _rss_mb() -> float:
+def _maxrss_mb() -> float:
     """Peak resident set size of this process so far (``ru_maxrss`` is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mb(key: str) -> float:
+    """``VmRSS``/``VmHWM`` of this process from ``/proc/self/status`` (NaN off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def _quiet_lightning() -> None:
@@ -223,28 +234,54 @@ def _cycle(loader) -> Iterator:
         yield from loader
 
 
+def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+               targets: torch.Tensor) -> None:
+    """Forward, cross-entropy, backward, clip the gradient norm to 1, optimiser step."""
+    logits, _ = net(inputs)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimizer.step()
+
+
+def _new_net(plan: Plan, vocab_size: int, cell: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    from rnnlm.models.rnn import RNNLM
+
+    torch.manual_seed(0)
+    net = RNNLM(vocab_size, cell, plan.hidden_size, plan.num_layers, 0.0, plan.embedding_dim).train()
+    return net, torch.optim.AdamW(net.parameters(), lr=2e-3)
+
+
+def profile_step(plan: Plan, dm, cell: str, top: int = 4) -> dict[str, Any]:
+    """Where one training step's time goes: the ``top`` ops by self CPU time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    net, optimizer = _new_net(plan, dm.vocab_size, cell)
+    batch = next(iter(dm.train_dataloader()))
+    train_step(net, optimizer, *batch)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(net, optimizer, *batch)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {
+        "op_calls": sum(e.count for e in events),
+        "top_ops": {e.key: {"share": e.self_cpu_time_total / total, "calls": e.count} for e in ranked},
+    }
+
+
 def bare_train_steps(plan: Plan, dm, cell: str, steps: int) -> list[float]:
     """Per-step wall times of a plain PyTorch loop: batch fetch, forward, backward, clip, AdamW.
 
     Each time runs from the end of one step to the end of the next (like the Lightning
     callback); the first ``plan.warmup_steps`` steps are dropped.
     """
-    from rnnlm.models.rnn import RNNLM
-
-    torch.manual_seed(0)
-    net = RNNLM(dm.vocab_size, cell, plan.hidden_size, plan.num_layers, 0.0, plan.embedding_dim)
-    net.train()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    net, optimizer = _new_net(plan, dm.vocab_size, cell)
     batches = _cycle(dm.train_dataloader())
     ends = [time.perf_counter()]
     for _ in range(plan.warmup_steps + steps):
-        inputs, targets = next(batches)
-        logits, _ = net(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
+        train_step(net, optimizer, *next(batches))
         ends.append(time.perf_counter())
     times = [b - a for a, b in zip(ends, ends[1:])]
     return times[plan.warmup_steps:]
@@ -285,10 +322,18 @@ def lightning_train_steps(plan: Plan, dm) -> list[float]:
 
 
 def _run_worker(kind: str, payload: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``worker(kind, payload)`` in a fresh Python and return the dict it prints last."""
+    """Run ``worker(kind, payload)`` in a fresh Python and return the dict it prints last.
+
+    The Python is started by a ``/bin/sh`` that forks it: Linux carries the ``ru_maxrss`` of
+    the process image that ``exec`` replaces, so a child exec'd straight from this (large)
+    process would report this process's peak RSS as its own.
+    """
     code = "import sys; from rnnlm.bench import worker; worker(sys.argv[1], sys.argv[2])"
+    command = [sys.executable, "-c", code, kind, json.dumps(payload)]
+    if os.path.exists("/bin/sh"):
+        command = ["/bin/sh", "-c", '"$0" "$@"; exit $?', *command]
     proc = subprocess.run(
-        [sys.executable, "-c", code, kind, json.dumps(payload)],
+        command,
         capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False,
     )
     if proc.returncode != 0:
@@ -306,7 +351,10 @@ def measure_training(plan: Plan) -> dict[str, Any]:
     lightning_times = lightning_train_steps(plan, dm)
     bare_times = bare_train_steps(plan, dm, "lstm", plan.timed_steps)
     gru_times = bare_train_steps(plan, dm, "gru", plan.gru_timed_steps)
+    # The malloc tuning on and off, each in a fresh process (the setting is process-wide).
+    on = _run_worker("bare_train", asdict(plan), env={"RNNLM_MALLOC_TUNING": "1"})
     off = _run_worker("bare_train", asdict(plan), env={"RNNLM_MALLOC_TUNING": "0"})
+    profiles = {cell: profile_step(plan, dm, cell) for cell in ("lstm", "gru")}
 
     # Assembling one batch the way a fresh epoch does (new iterator: shuffle + one gather),
     # and the steady next(it) of an epoch, against one bare training step.
@@ -336,10 +384,12 @@ def measure_training(plan: Plan) -> dict[str, Any]:
         "gru_gflops": gru_flops * gru_tps / 1e9,
         "gru_over_lstm_time_per_token": bare_tps / gru_tps,
         "gru_over_lstm_flops": gru_flops / lstm_flops,
+        "step_profiles": profiles,
         "malloc_tuning_on": keep_freed_memory(),
+        "malloc_on_fresh_tokens_per_s": on["tokens_per_s"],
         "malloc_off_tokens_per_s": off["tokens_per_s"],
         "malloc_off_step_s": off["step_s"],
-        "malloc_tuning_speedup": off["step_s"] / bare_step,
+        "malloc_tuning_speedup": off["step_s"] / on["step_s"],
         "batch_first_s": first_batch_s,
         "batch_next_s": next_batch_s,
         "batch_vs_step_pct": 100 * first_batch_s / bare_step,
@@ -389,7 +439,7 @@ def measure_data(plan: Plan, text: str) -> dict[str, Any]:
         "data_largest_mb": max(plan.data_sizes_mb),
         "data_setup_s": largest["setup_s"],
         "data_peak_rss_mb": largest["peak_rss_mb"],
-        "data_rss_growth_mb": largest["peak_rss_mb"] - largest["import_rss_mb"],
+        "data_rss_growth_mb": largest["setup_growth_mb"],
     }
 
 
@@ -397,17 +447,24 @@ def data_setup_worker(path: str, seq_len: int, batch_size: int) -> dict[str, flo
     """Import, then time ``CorpusDataModule(path).setup()``; report RSS before and after."""
     from rnnlm.data.datamodule import CorpusDataModule
 
-    import_rss = _rss_mb()
+    import_rss, import_peak = _proc_status_mb("VmRSS"), _maxrss_mb()
+    try:  # reset VmHWM (not ru_maxrss) so it shows the peak of setup() alone
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
     start = time.perf_counter()
     dm = CorpusDataModule(path=path, seq_len=seq_len, batch_size=batch_size)
     dm.setup("fit")
     setup_s = time.perf_counter() - start
+    setup_peak = _proc_status_mb("VmHWM")
     return {
         "bytes": os.path.getsize(path),
         "tokens": dm.stats["tokens"],
         "setup_s": setup_s,
         "import_rss_mb": import_rss,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": max(_maxrss_mb(), import_peak),  # ru_maxrss: the whole process
+        "setup_growth_mb": (setup_peak if reset else _maxrss_mb()) - import_rss,
     }
 
 
@@ -445,6 +502,18 @@ def measure_sampling(plan: Plan, vocab_size: int, prompt: Sequence[int]) -> dict
     beam = rate(lambda: len(generate(net, prompt, plan.beam_length, 1, DecodeSettings(strategy="beam", beam_width=5)).tokens[0]))
     naive = rate(lambda: len(naive_generate(net, prompt, plan.naive_steps)))
     stateful_same = rate(lambda: len(generate(net, prompt, plan.naive_steps, 1, sample, seed=0).tokens[0]))
+    # The same decode with nn.LSTM off oneDNN (one token per call is where its set-up shows)
+    # and on one thread (two threads wait on each other for tiny per-token ops).
+    with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
+        warnings.simplefilter("ignore")  # "TF32 acceleration on top of oneDNN ..." from flags()
+        b1_plain = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
+        bn_plain = rate(lambda: sum(map(len, generate(net, prompt, plan.sample_length, plan.sample_streams, sample, seed=0).tokens)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b1_one_thread = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
+    finally:
+        torch.set_num_threads(threads)
     return {
         "sample_chars_per_s_b1": b1,
         "sample_chars_per_s_b32": bn,
@@ -453,6 +522,9 @@ def measure_sampling(plan: Plan, vocab_size: int, prompt: Sequence[int]) -> dict
         "naive_rerun_chars_per_s": naive,
         "naive_rerun_steps": plan.naive_steps,
         "stateful_over_naive": stateful_same / naive,
+        "sample_chars_per_s_b1_no_onednn": b1_plain,
+        "sample_chars_per_s_b32_no_onednn": bn_plain,
+        "sample_chars_per_s_b1_one_thread": b1_one_thread,
     }
 
 
@@ -477,12 +549,7 @@ def _train_for(seconds: float, net: torch.nn.Module, batches: Iterator[tuple[tor
     steps, tokens, start = 0, 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         inputs, targets = next(batches)
-        logits, _ = net(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
+        train_step(net, optimizer, inputs, targets)
         steps, tokens = steps + 1, tokens + targets.numel()
     net.eval()
     return {"steps": steps, "tokens": tokens, "seconds": time.perf_counter() - start}
@@ -558,19 +625,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     started = time.perf_counter()
     result: dict[str, Any] = {"plan": plan.name, "machine": machine_info(), "malloc_tuning_on": tuned}
-    result.update(measure_gemm_peak(plan))
-    result.update(measure_training(plan))
+    phases: dict[str, float] = {}
+
+    def phase(name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        start = time.perf_counter()
+        result.update(fn())
+        phases[name] = time.perf_counter() - start
+
+    phase("gemm", lambda: measure_gemm_peak(plan))
+    phase("training", lambda: measure_training(plan))
     result["mfu"] = result["train_gflops"] / result["peak_gflops"]
     result["reference_mfu"] = result["reference_gflops"] / result["peak_gflops"]
     text = corpus_text(plan)
-    result.update(measure_data(plan, text))
+    phase("data", lambda: measure_data(plan, text))
     from rnnlm.data.tokenizers import CharTokenizer
 
     tokenizer = CharTokenizer.fit(text[: int(len(text) * 0.9)])
     prompt = [int(i) for i in tokenizer.encode(text[:16])]
-    result.update(measure_sampling(plan, len(tokenizer), prompt))
+    phase("sampling", lambda: measure_sampling(plan, len(tokenizer), prompt))
     if plan.lesson_seconds:
-        result.update(measure_lesson(plan))
+        phase("lesson", lambda: measure_lesson(plan))
+    result["phase_seconds"] = phases
     result["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     result["bench_seconds"] = time.perf_counter() - started
     return _rounded(result)
@@ -618,12 +693,16 @@ def format_table(r: dict[str, Any]) -> str:
             ("MFU (Lightning / bare)", f"{r['mfu']:.1%} / {r['reference_mfu']:.1%}"),
             ("GRU bare loop", f"{_fmt(r['gru_tokens_per_s'], 'tok/s')} ({_fmt(r['gru_gflops'], 'GFLOP/s')})"),
             ("GRU / LSTM time per token", f"{_fmt(r['gru_over_lstm_time_per_token'])} (FLOP ratio {_fmt(r['gru_over_lstm_flops'])})"),
-            ("bare loop, malloc tuning off", f"{_fmt(r['malloc_off_tokens_per_s'], 'tok/s')} (fresh process)"),
+            *((f"{cell.upper()} step profile", f"{prof['op_calls']} op calls; " + ", ".join(
+                f"{op} {v['share']:.0%} ({v['calls']}x)" for op, v in prof["top_ops"].items()))
+              for cell, prof in r["step_profiles"].items()),
+            ("bare loop, fresh process", f"malloc tuning on {_fmt(r['malloc_on_fresh_tokens_per_s'])}, "
+                                         f"off {_fmt(r['malloc_off_tokens_per_s'], 'tok/s')}"),
             ("malloc tuning speed-up", _fmt(r["malloc_tuning_speedup"], "x")),
         ]),
         ("3. data", [
             *((f"setup {k}", f"{_fmt(v['setup_s'], 's')}, peak RSS {_fmt(v['peak_rss_mb'], 'MB')} "
-                             f"(after imports {_fmt(v['import_rss_mb'], 'MB')})")
+                             f"(imports {_fmt(v['import_rss_mb'], 'MB')}, setup +{_fmt(v['setup_growth_mb'], 'MB')})")
               for k, v in r["data_by_size"].items()),
             ("one batch: next(iter(loader))", f"{_fmt(r['batch_first_s'] * 1e3, 'ms')} = {r['batch_vs_step_pct']:.3g}% of a step"),
             ("one batch: next(it) in an epoch", _fmt(r["batch_next_s"] * 1e3, "ms")),
@@ -634,6 +713,9 @@ def format_table(r: dict[str, Any]) -> str:
             ("beam width 5", _fmt(r["beam5_chars_per_s"], "chars/s")),
             (f"naive prefix re-run ({r['naive_rerun_steps']} steps)", _fmt(r["naive_rerun_chars_per_s"], "chars/s")),
             ("stateful / naive (same length)", _fmt(r["stateful_over_naive"], "x")),
+            ("1 / 32 streams, oneDNN off", f"{_fmt(r['sample_chars_per_s_b1_no_onednn'])} / "
+                                           f"{_fmt(r['sample_chars_per_s_b32_no_onednn'], 'chars/s')}"),
+            ("1 stream, 1 thread", _fmt(r["sample_chars_per_s_b1_one_thread"], "chars/s")),
         ]),
     ]
     if "lesson_baseline_bpc" in r:
@@ -648,7 +730,8 @@ def format_table(r: dict[str, Any]) -> str:
     for title, section in rows:
         lines.append(f"== {title}")
         lines.extend(f"  {label:<{width}}{value}" for label, value in section)
-    lines.append(f"(bench took {r['bench_seconds']:.0f} s)")
+    spent = ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
+    lines.append(f"(bench took {r['bench_seconds']:.0f} s: {spent})")
     return "\n".join(lines)
 
 

@@ -111,7 +111,7 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
     elapsed = time.perf_counter() - start
     if echo:
         sys.stdout.write("\n")
-    generated = sum(len(t) for t in result.tokens) if keep is None else n * length
+    generated = sum(len(t) for t in result.tokens) if keep is None or length <= keep else n * length
     stats = sample_statistics(result.tokens, result.nll)
     samples = [
         {"text": prompt + tokenizer.decode(tokens), "new_tokens": len(tokens), "nll_per_token": nll,

@@ -12,6 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -39,25 +40,35 @@ def check_writable(directory: Path) -> None:
         ) from None
 
 
+def build(config: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting our one-line errors through unwrapped."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, RnnlmError):
+            raise err.__cause__ from None
+        raise
+
+
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate each entry with a ``_target_`` of a dict-of-configs group (callbacks, loggers)."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [build(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     data_cfg = cfg.data
     if data_cfg.get("path"):
         data_cfg = OmegaConf.merge(data_cfg, {"path": to_absolute_path(str(data_cfg.path))})
-    datamodule = instantiate(data_cfg)
+    datamodule = build(data_cfg)
     datamodule.setup("fit")
     return datamodule
 
 
 def build_model(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModel:
     # _convert_="all": hyper-parameters become plain dicts/lists, loadable with weights_only=True.
-    return instantiate(
+    return build(
         cfg.model, vocab_size=datamodule.vocab_size, tokenizer=datamodule.tokenizer.to_dict(), _convert_="all"
     )
 
@@ -121,7 +132,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     model = build_model(cfg, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log_run_facts(loggers, cfg, model, datamodule)
 
     ckpt_path = cfg.get("ckpt_path")

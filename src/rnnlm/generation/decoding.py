@@ -89,10 +89,13 @@ def next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def prime(net: nn.Module, prompt: Sequence[int], device: torch.device):
-    """Run the whole prompt in one forward pass; return the last logits [1, V] and state."""
+def prime(net: nn.Module, prompt: Sequence[int], device: torch.device, chunk: int = 4096):
+    """Run the prompt through the network (in chunks, carrying the state); return the last
+    logits [1, V] and the state. Chunking bounds memory for very long prompts."""
     ids = torch.as_tensor(list(prompt), dtype=torch.long, device=device)[None]
-    logits, state = net(ids)
+    state = None
+    for start in range(0, ids.size(1), chunk):
+        logits, state = net(ids[:, start : start + chunk], state)
     return logits[:, -1], state
 
 

@@ -1,0 +1,70 @@
+"""``python -m rnnlm.bench --tiny``: it runs, and its JSON holds every number, positive and finite.
+
+No timing is asserted: the machine may be shared and the tiny numbers mean little.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlm.bench import flops_per_token, main, naive_generate, write_corpus
+from rnnlm.models.rnn import RNNLM
+
+REQUIRED = (
+    "peak_gflops", "train_tokens_per_s", "reference_tokens_per_s", "lightning_overhead", "mfu",
+    "data_setup_s", "data_peak_rss_mb", "sample_chars_per_s_b1", "sample_chars_per_s_b32",
+    "beam5_chars_per_s", "naive_rerun_chars_per_s", "malloc_tuning_speedup", "gru_tokens_per_s",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench") / "b.json"
+    assert main(["--tiny", "--json", str(out)]) == 0
+    return json.loads(out.read_text(encoding="utf-8")), out.read_text(encoding="utf-8")
+
+
+def test_tiny_run_reports_every_number(tiny_run: tuple[dict, str], capsys: pytest.CaptureFixture) -> None:
+    result, _ = tiny_run
+    for key in REQUIRED:
+        value = result[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (key, value)
+    assert result["plan"] == "tiny"
+    assert "lesson_baseline_bpc" not in result  # skipped in --tiny
+    machine = result["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch"] == torch.__version__ and machine["cpu_model"]
+    assert set(result["data_by_size"]) == {"1mb"}
+    assert result["data_by_size"]["1mb"]["bytes"] <= 1_000_000
+
+
+def test_json_file_is_one_line(tiny_run: tuple[dict, str]) -> None:
+    _, raw = tiny_run
+    assert raw.count("\n") == 1 and raw.endswith("\n")
+
+
+def test_flops_per_token_counts_every_matmul() -> None:
+    # 2-layer 512 LSTM, embedding 64, vocab 80: 4H(64+H) + 4H(2H) + H*V multiply-adds.
+    macs = 4 * 512 * (64 + 512) + 4 * 512 * 1024 + 512 * 80
+    assert flops_per_token("lstm", 80, 512, 2, 64) == 2 * macs
+    assert flops_per_token("gru", 80, 512, 2, 64) == 2 * (3 * 512 * (64 + 512) + 3 * 512 * 1024 + 512 * 80)
+    # one-hot input: the first layer's input width is the vocabulary
+    assert flops_per_token("lstm", 80, 64, 1, None) == 2 * (4 * 64 * (80 + 64) + 64 * 80)
+
+
+def test_write_corpus_is_valid_utf8_of_about_the_size(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    write_corpus(path, "héllo wörld\nline two\n", 10_000)
+    text = path.read_text(encoding="utf-8")
+    assert 9_900 <= path.stat().st_size <= 10_000 and text.endswith("\n")
+
+
+def test_naive_generate_returns_the_requested_steps() -> None:
+    torch.manual_seed(0)
+    net = RNNLM(12, "lstm", 8, 1, 0.0, 4).eval()
+    ids = naive_generate(net, [1, 2, 3], 7)
+    assert len(ids) == 7 and all(0 <= i < 12 for i in ids)
