@@ -116,3 +116,25 @@ def test_word_tokenizer_corpus(corpus_file):
     assert dm.vocab_size == 500
     x, _ = dm.datasets["val"][0]
     assert len(dm.tokenizer.decode(x.tolist())) > 16
+
+
+def test_lanes_order_continues_each_lane_in_the_next_batch(corpus_file):
+    dm = make_dm(corpus_file, order="lanes", batch_size=4)
+    first, second = list(dm.train_dataloader())[:2]
+    # window i+1 of a lane starts where window i ended: the state can carry across batches
+    assert torch.equal(first[1][:, -1], second[0][:, 0])
+    region = dm.tokens["train"]
+    lane_len = len(dm.datasets["train"]) // 4
+    assert torch.equal(first[0][2], region[2 * lane_len * 16 : 2 * lane_len * 16 + 16].long())
+
+
+def test_ranks_get_disjoint_equal_shares():
+    from rnnlm.data.datamodule import WindowSampler
+
+    for order in ("shuffle", "lanes"):
+        shares = [list(WindowSampler(103, order, seed=1, rank=r, world_size=2, lanes=4)) for r in (0, 1)]
+        assert len(shares[0]) == len(shares[1]) and not set(shares[0]) & set(shares[1])
+    a = list(WindowSampler(50, "shuffle", seed=3))
+    resumed = WindowSampler(50, "shuffle", seed=3)
+    resumed.start = 20
+    assert list(resumed) == a[20:] and list(resumed) == a  # the skip applies once

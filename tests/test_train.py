@@ -98,3 +98,18 @@ def test_train_cli_bad_corpus_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: corpus path {tmp_path}/nope.txt does not exist; pass data.path=<a UTF-8 file or a directory>"
     assert "Traceback" not in result.stderr
+
+
+def test_stateful_evaluation_is_logged_next_to_per_window(trained):
+    metrics = trained["metrics"]
+    for split in ("val", "test"):
+        assert 0 < metrics[f"{split}/loss_stateful"] < 10
+        assert metrics[f"{split}/bpc_stateful"] == pytest.approx(metrics[f"{split}/loss_stateful"] / math.log(2), rel=1e-5)
+
+
+def test_lanes_training_carries_the_state(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.order=lanes", "test=false"], tmp_path)
+    metrics, objects = train(cfg)
+    model = objects["model"]
+    assert model.carry_state and model._train_state is not None
+    assert metrics["val/loss"] < 3.5

@@ -20,6 +20,7 @@ move with the load, which the JSON records (``machine.loadavg_*``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -72,6 +73,7 @@ class Plan:
     lesson_seq_len: int = 128
     ours_hidden_size: int = 256  # "our default" model of the lesson comparison
     heldout_fraction: float = 0.05
+    threads: int | None = None  # torch threads; None: torch's default (one per core)
     corpus: str | None = None
 
 
@@ -85,8 +87,9 @@ PLANS: dict[str, Plan] = {
     "tiny": Plan(
         "tiny", gemm_sizes=(512, 1024), gemm_reps=3, hidden_size=64, num_layers=1,
         batch_size=8, seq_len=32, warmup_steps=3, timed_steps=15, gru_timed_steps=10,
-        data_sizes_mb=(1,), batch_reps=5, sample_length=60, sample_streams=32,
-        beam_length=30, naive_steps=30, lesson_seconds=None,
+        data_sizes_mb=(1,), batch_reps=5, sample_length=30, sample_streams=32,
+        beam_length=15, naive_steps=15, lesson_seconds=None,
+        threads=1,  # a smoke test: one thread keeps it quick and steady on a busy machine
     ),
 }
 
@@ -132,6 +135,31 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's C++ start/stop lines) for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine_info() -> dict[str, Any]:
@@ -260,7 +288,7 @@ def profile_step(plan: Plan, dm, cell: str, top: int = 4) -> dict[str, Any]:
     net, optimizer = _new_net(plan, dm.vocab_size, cell)
     batch = next(iter(dm.train_dataloader()))
     train_step(net, optimizer, *batch)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
         train_step(net, optimizer, *batch)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) or 1.0
@@ -504,16 +532,14 @@ def measure_sampling(plan: Plan, vocab_size: int, prompt: Sequence[int]) -> dict
     stateful_same = rate(lambda: len(generate(net, prompt, plan.naive_steps, 1, sample, seed=0).tokens[0]))
     # The same decode with nn.LSTM off oneDNN (one token per call is where its set-up shows)
     # and on one thread (two threads wait on each other for tiny per-token ops).
-    with warnings.catch_warnings(), torch.backends.mkldnn.flags(enabled=False):
-        warnings.simplefilter("ignore")  # "TF32 acceleration on top of oneDNN ..." from flags()
+    torch.backends.mkldnn.enabled = False
+    try:
         b1_plain = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
         bn_plain = rate(lambda: sum(map(len, generate(net, prompt, plan.sample_length, plan.sample_streams, sample, seed=0).tokens)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        b1_one_thread = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
     finally:
-        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = True
+    with _threads(1):
+        b1_one_thread = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
     return {
         "sample_chars_per_s_b1": b1,
         "sample_chars_per_s_b32": bn,
@@ -596,7 +622,9 @@ def measure_lesson(plan: Plan) -> dict[str, Any]:
     loader = DataLoader(WindowDataset(train_ids, T, T), batch_size=64, shuffle=True, drop_last=True, collate_fn=keep_batch)
     ours = _train_for(plan.lesson_seconds, ours_net, _cycle(loader))
 
-    with torch.no_grad():
+    # Scoring runs one token per time step at batch 1: on one thread, so that the two threads
+    # do not wait on each other at every step of the (possibly shared) machine.
+    with torch.no_grad(), _threads(1):
         lesson_bpc = score_ids(lesson_net, heldout)["bpc"]
         ours_bpc = score_ids(ours_net, heldout)["bpc"]
     return {
@@ -622,6 +650,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.lesson_seconds is not None:
         plan.lesson_seconds = args.lesson_seconds
     tuned = keep_freed_memory()
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
     torch.manual_seed(0)
     started = time.perf_counter()
     result: dict[str, Any] = {"plan": plan.name, "machine": machine_info(), "malloc_tuning_on": tuned}
@@ -743,6 +773,8 @@ def worker(kind: str, payload: str) -> None:
     elif kind == "bare_train":
         plan = Plan(**{**args, "gemm_sizes": tuple(args["gemm_sizes"]), "data_sizes_mb": tuple(args["data_sizes_mb"])})
         keep_freed_memory()  # honours RNNLM_MALLOC_TUNING=0, as the product would
+        if plan.threads:
+            torch.set_num_threads(plan.threads)
         times = bare_train_steps(plan, build_datamodule(plan), "lstm", plan.timed_steps)
         out = {"step_s": statistics.median(times), "malloc_tuning_on": keep_freed_memory(),
                "tokens_per_s": _median_rate(times, plan.batch_size * plan.seq_len)}

@@ -44,17 +44,27 @@ class WindowDataset(Dataset):
         return inputs[0], targets[0]
 
 
-class WindowSampler(Sampler[int]):
-    """This rank's share of the windows: reshuffled each epoch from ``(seed, epoch)`` alone.
+ORDERS = ("shuffle", "lanes")
 
-    Because the order is a pure function of seed and epoch, a resumed run can skip exactly
-    the windows it already trained on (``start``) and see the same data order as a run
-    that was never interrupted. Under DDP each rank takes a disjoint, equal-size slice.
+
+class WindowSampler(Sampler[int]):
+    """This rank's windows, in an order that is a pure function of ``(seed, epoch)``.
+
+    - ``shuffle``: a fresh permutation each epoch; each DDP rank takes a disjoint,
+      equal-size slice.
+    - ``lanes``: the region is cut into ``lanes`` contiguous lanes (per rank) and batch
+      ``i`` holds the ``i``-th window of every lane, so a model that carries its state from
+      batch to batch reads each lane in order (truncated BPTT, the char-rnn way).
+    - ``sequential``: windows in corpus order, sharded by rank (evaluation).
+
+    Because nothing but seed and epoch decides the order, a resumed run skips exactly the
+    windows it already trained on (``start``) and then matches an uninterrupted run.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, size: int, order: str = "shuffle", seed: int = 0, rank: int = 0, world_size: int = 1,
+                 lanes: int = 1):
+        self.size, self.order, self.seed = size, order, seed
+        self.rank, self.world_size, self.lanes = rank, world_size, lanes
         self.epoch = 0
         self.start = 0  # windows of this rank to skip, once (set when resuming mid-epoch)
 
@@ -62,19 +72,26 @@ class WindowSampler(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        if self.shuffle:  # equal shares, so every rank runs the same number of steps
+        if self.order == "shuffle":  # equal shares, so every rank runs the same number of steps
             return self.size // self.world_size
+        if self.order == "lanes":
+            return self.size // (self.lanes * self.world_size) * self.lanes
         return len(range(self.rank, self.size, self.world_size))
 
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
+    def _indices(self) -> torch.Tensor:
+        if self.order == "shuffle":
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=generator)[: len(self) * self.world_size]
-        else:
-            order = torch.arange(self.size)
-        mine = order[self.rank :: self.world_size]
+            return order[self.rank :: self.world_size]
+        if self.order == "lanes":
+            lane_len = self.size // (self.lanes * self.world_size)
+            mine = torch.arange(self.lanes) + self.rank * self.lanes
+            return (mine[None, :] * lane_len + torch.arange(lane_len)[:, None]).flatten()
+        return torch.arange(self.rank, self.size, self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
-        return iter(mine[start:].tolist())
+        return iter(self._indices()[start:].tolist())
 
 
 def keep_batch(batch: Batch) -> Batch:
@@ -106,6 +123,7 @@ class CorpusDataModule(pl.LightningDataModule):
         splits: Sequence[float] = (0.9, 0.05, 0.05),
         num_workers: int = 0,
         seed: int = 0,
+        order: str = "shuffle",
     ):
         super().__init__()
         if tokenizer not in TOKENIZERS:
@@ -113,6 +131,8 @@ class CorpusDataModule(pl.LightningDataModule):
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("stride", stride)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.{name}={value!r}; it must be a positive integer")
+        if order not in ORDERS:
+            raise ConfigError(f"data.order={order!r}; use one of {list(ORDERS)}")
         if len(splits) != 3 or any(s <= 0 for s in splits) or abs(sum(splits) - 1) > 1e-6:
             raise ConfigError(f"data.splits={list(splits)}; give three positive fractions summing to 1")
         self.path, self.glob, self.separator = path, glob, separator
@@ -120,7 +140,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self.max_vocab, self.min_freq = max_vocab, min_freq
         self.seq_len, self.stride = seq_len, stride or seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
-        self.splits, self.num_workers, self.seed = tuple(splits), num_workers, seed
+        self.splits, self.num_workers, self.seed, self.order = tuple(splits), num_workers, seed, order
         self._resume: dict[str, int] = {}
         self.tokenizer: Tokenizer | None = None
         self.tokens: dict[str, torch.Tensor] = {}
@@ -187,12 +207,14 @@ class CorpusDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = WindowSampler(len(self.datasets[split]), shuffle, self.seed, rank, world)
         batch_size = self.batch_size if shuffle else self.eval_batch_size
-        if shuffle and self._resume:
-            sampler.set_epoch(self._resume["epoch"])
-            sampler.start = self._resume["batches"] * batch_size
-            self._resume = {}
+        order = self.order if shuffle else "sequential"
+        sampler = WindowSampler(len(self.datasets[split]), order, self.seed, rank, world, lanes=batch_size)
+        if shuffle and self._resume:  # resuming mid-epoch: skip what was already trained on
+            resume, self._resume = self._resume, {}
+            if resume["batches"] * batch_size < len(sampler):
+                sampler.set_epoch(resume["epoch"])
+                sampler.start = resume["batches"] * batch_size
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,

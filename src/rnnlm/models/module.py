@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
+from rnnlm.generation.scoring import score_totals
 from rnnlm.models.rnn import RNNLM
 
 CHECKPOINT_FORMAT = "rnnlm/1"
@@ -40,6 +41,7 @@ class LanguageModel(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
+        stateful_eval_lanes: int | None = 64,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
@@ -50,8 +52,10 @@ class LanguageModel(pl.LightningModule):
         # must not add a second copy of its keys to the state dict.
         object.__setattr__(self, "step_model", torch.compile(self.net) if compile else self.net)
         self.metrics = torch.nn.ModuleDict(
-            {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in ("loss", "acc")}
+            {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in ("loss", "acc", "loss_stateful")}
         )
+        self.carry_state = False  # set at fit start when the data comes in lanes
+        self._train_state = None
         self.val_loss_best = MinMetric()
 
     @staticmethod
@@ -66,7 +70,12 @@ class LanguageModel(pl.LightningModule):
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         inputs, targets = batch
-        logits, _ = self(inputs)
+        if split == "train" and self.carry_state:
+            # Truncated BPTT across batches: start where the previous batch of each lane ended.
+            logits, state = self(inputs, self._train_state)
+            self._train_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        else:
+            logits, _ = self(inputs)
         flat_logits = logits.reshape(-1, logits.size(-1))
         loss = F.cross_entropy(flat_logits, targets.reshape(-1))
         if split == "train":
@@ -102,15 +111,38 @@ class LanguageModel(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.val_loss_best.reset()  # forget the sanity check's untrained loss
+        self.carry_state = getattr(self.trainer.datamodule, "order", "shuffle") == "lanes"
+
+    def on_train_epoch_start(self) -> None:
+        self._train_state = None  # lanes restart at the beginning of the region
+
+    def _log_stateful(self, split: str) -> None:
+        """Loss over the whole split read in order with the state carried (how an RNN is
+        used), next to the per-window figure; each rank reads its own contiguous part."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not self.hparams.get("stateful_eval_lanes") or datamodule is None or self.trainer.sanity_checking:
+            return
+        tokens = datamodule.tokens[split]
+        part = tokens.tensor_split(self.trainer.world_size)[self.trainer.global_rank]
+        lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
+        nll_sum, _, count = score_totals(self.net, part, lanes, chunk=256)
+        metric = self.metrics[f"{split}_loss_stateful"]
+        metric.update(torch.tensor(nll_sum / count), weight=count)
+        loss = metric.compute()
+        metric.reset()
+        self.log(f"{split}/loss_stateful", loss, sync_dist=True)
+        self.log(f"{split}/bpc_stateful", loss / LN2, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         loss = self._log_split("val")
+        self._log_stateful("val")
         if not self.trainer.sanity_checking:
             self.val_loss_best.update(torch.tensor(loss))
             self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
+        self._log_stateful("test")
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=2e-3))
