@@ -150,7 +150,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     last = getattr(checkpoint_cb, "last_model_path", "") if checkpoint_cb else ""
     if cfg.get("test", True) and not trainer.interrupted:
         # Report val and test of the checkpoint that exists (the best), not of the last step.
-        for evaluate, prefix in ((trainer.validate, "val/"), (trainer.test, "test/")):
+        stages = ((trainer.validate, "val/"), (trainer.test, "test/"))[: 2 if datamodule.has_test else 1]
+        for evaluate, prefix in stages:
             evaluate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
     if trainer.is_global_zero:

@@ -133,8 +133,11 @@ class CorpusDataModule(pl.LightningDataModule):
                 raise ConfigError(f"data.{name}={value!r}; it must be a positive integer")
         if order not in ORDERS:
             raise ConfigError(f"data.order={order!r}; use one of {list(ORDERS)}")
-        if len(splits) != 3 or any(s <= 0 for s in splits) or abs(sum(splits) - 1) > 1e-6:
-            raise ConfigError(f"data.splits={list(splits)}; give three positive fractions summing to 1")
+        if len(splits) != 3 or min(splits[:2]) <= 0 or splits[2] < 0 or abs(sum(splits) - 1) > 1e-6:
+            raise ConfigError(
+                f"data.splits={list(splits)}; give train/val/test fractions summing to 1 "
+                "(train and val > 0; test may be 0, as in nanoGPT's 90/10 split)"
+            )
         self.path, self.glob, self.separator = path, glob, separator
         self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
         self.max_vocab, self.min_freq = max_vocab, min_freq
@@ -184,8 +187,12 @@ class CorpusDataModule(pl.LightningDataModule):
             *(len(self.datasets[s]) for s in SPLITS), self.seq_len,
         )
 
+    @property
+    def has_test(self) -> bool:
+        return self.splits[2] > 0
+
     def _check_sizes(self) -> None:
-        for split in SPLITS:
+        for split in SPLITS if self.has_test else SPLITS[:2]:
             n = len(self.tokens[split])
             if n < self.seq_len + 1:
                 raise CorpusError(
