@@ -160,3 +160,24 @@ def test_prompt_with_unknown_characters():
         ids = encode_prompt(tok, "hello X", unknown="replace")
     assert ids[-1] == 0
     assert encode_prompt(tok, "") == tok.encode("\n\n").tolist()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("embedding_dim", [8, None])
+def test_fast_step_matches_the_module(cell, embedding_dim):
+    from rnnlm.generation.fast_step import FastStep
+
+    torch.manual_seed(5)
+    net = RNNLM(13, cell, hidden_size=24, num_layers=3, embedding_dim=embedding_dim).eval()
+    step = FastStep(net)
+    seq = torch.randint(0, 13, (4, 12))
+    with torch.no_grad():
+        full, _ = net(seq)
+        _, state = net(seq[:, :5])
+        for t in range(5, 12):
+            logits, state = step(seq[:, t], state)
+            if t < 11:
+                torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)
+        _, reference = net(seq)
+        for mine, theirs in zip(state if isinstance(state, tuple) else [state], reference if isinstance(reference, tuple) else [reference]):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)

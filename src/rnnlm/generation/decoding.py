@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.errors import ConfigError
+from rnnlm.generation.fast_step import FastStep
 
 STRATEGIES = ("greedy", "sample", "beam", "stochastic_beam")
 
@@ -99,6 +100,19 @@ def prime(net: nn.Module, prompt: Sequence[int], device: torch.device, chunk: in
     return logits[:, -1], state
 
 
+def step_function(net: nn.Module) -> Callable:
+    """``step(tokens [B], state) -> (logits [B, V], state)``: the fast cell equations for an
+    RNNLM in eval mode (see ``fast_step``), else one call of the module per token."""
+    if FastStep.supports(net):
+        return FastStep(net).to(next(net.parameters()).device)
+
+    def module_step(tokens: torch.Tensor, state):
+        out, state = net(tokens[:, None], state)
+        return out[:, -1], state
+
+    return module_step
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
@@ -129,12 +143,12 @@ def stream(
     logits, state = prime(net, prompt, device)
     logits = logits.expand(num_samples, -1)
     state = select_state(state, torch.zeros(num_samples, dtype=torch.long, device=device))
+    step = step_function(net)
     for _ in range(length):
         tokens = next_tokens(logits, settings, generator)
         nll = -F.log_softmax(logits.float(), -1).gather(-1, tokens[:, None]).squeeze(-1)
         yield tokens, nll
-        out, state = net(tokens[:, None], state)
-        logits = out[:, -1]
+        logits, state = step(tokens, state)
 
 
 def generate(
@@ -211,6 +225,7 @@ def beam_search(
     generator = make_generator(seed, device)
     width = settings.beam_width
     logits, state = prime(net, prompt, device)
+    step = step_function(net)
     scores = torch.zeros(1, device=device)
     seqs = torch.zeros(1, 0, dtype=torch.long, device=device)
     finished: list[tuple[list[int], float]] = []
@@ -244,8 +259,7 @@ def beam_search(
                 break
             seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]
             state = select_state(state, keep)
-        out, state = net(tokens[:, None], state)
-        logits = out[:, -1]
+        logits, state = step(tokens, state)
     pool = finished + [(s, float(v)) for s, v in zip(seqs.tolist(), scores.tolist())]
     pool.sort(key=lambda sv: sv[1] / max(len(sv[0]), 1) ** settings.length_penalty, reverse=True)
     top = pool[:num_samples]
