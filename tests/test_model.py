@@ -47,3 +47,18 @@ def test_memory_report_counts_the_input_matrix():
     assert onehot["params_input"] == 30 * 4 * 8
     emb = RNNLM(30, "lstm", hidden_size=8, num_layers=1, embedding_dim=5).memory_report()
     assert emb["params_input"] == 30 * 5
+
+
+def test_warmup_cosine_schedule():
+    from rnnlm.models.schedules import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=110, warmup_steps=10, min_ratio=0.1)
+    lrs = []
+    for _ in range(120):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)

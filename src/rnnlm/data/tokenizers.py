@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 UNK = "<unk>"
-_CHUNK = 1 << 23  # code points encoded per vectorised step; bounds the temporary memory
+_CHUNK = 1 << 22  # code points encoded per vectorised step; bounds the temporary memory
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")
 
 
@@ -86,10 +86,10 @@ class CharTokenizer(Tokenizer):
     def __init__(self, vocab: list[str], start: str = "\n\n"):
         super().__init__(vocab, start)
         # Sorted code points of the known characters, and their ids, for searchsorted.
-        cps = np.array([ord(c) for c in self.vocab[1:]], dtype=np.int64)
+        cps = np.array([ord(c) for c in self.vocab[1:]], dtype=np.uint32)
         order = np.argsort(cps)
         self._cps = cps[order]
-        self._ids = (order + 1).astype(np.int64)
+        self._ids = (order + 1).astype(self.dtype)
 
     @classmethod
     def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> CharTokenizer:
@@ -115,8 +115,10 @@ class CharTokenizer(Tokenizer):
             return out
         for start in range(0, len(text), _CHUNK):
             cps = _code_points(text[start : start + _CHUNK])
-            pos = np.searchsorted(self._cps, cps).clip(max=len(self._cps) - 1)
-            out[start : start + len(cps)] = np.where(self._cps[pos] == cps, self._ids[pos], 0)
+            pos = np.searchsorted(self._cps, cps)
+            np.minimum(pos, len(self._cps) - 1, out=pos)
+            known = self._cps[pos] == cps
+            out[start : start + len(cps)] = self._ids[pos] * known
         return out
 
 
@@ -142,4 +144,4 @@ TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTok
 
 
 def _code_points(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

@@ -1,0 +1,23 @@
+"""Learning-rate schedules, stepped once per optimiser step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up to the base LR over ``warmup_steps``, then a cosine decay to
+    ``min_ratio`` x base LR at ``total_steps`` (held there afterwards)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
