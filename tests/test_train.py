@@ -113,3 +113,13 @@ def test_lanes_training_carries_the_state(tmp_path, corpus_file):
     model = objects["model"]
     assert model.carry_state and model._train_state is not None
     assert metrics["val/loss"] < 3.5
+
+
+@pytest.mark.slow
+def test_compile_path_trains_on_cpu(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.compile=true", "trainer.max_steps=6",
+                         "trainer.val_check_interval=3", "test=false", "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
+    assert math.isfinite(metrics["val/loss"])
+    ckpt = torch.load(objects["last_ckpt"], weights_only=True)
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"])  # loads without torch.compile

@@ -79,12 +79,22 @@ class SampleText(pl.Callback):
 
 
 class TokenThroughput(pl.Callback):
-    """Logs ``train/tokens_per_s`` (all ranks together) over the last ``window`` steps."""
+    """Logs ``train/tokens_per_s`` (all ranks together) over the last ``window`` steps, and
+    ``time/elapsed_s`` since fitting began (for curves against wall time)."""
 
     def __init__(self, window: int = 50):
         self.window = window
         self._start: float | None = None
         self._tokens = 0
+        self._fit_start = time.perf_counter()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            for logger in trainer.loggers:
+                logger.log_metrics({"time/elapsed_s": time.perf_counter() - self._fit_start}, step=trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         now = time.perf_counter()
