@@ -160,3 +160,13 @@ def test_sample_cli_and_temperature_multirun(tmp_path, trained):
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: checkpoint")
+
+
+def test_megabyte_prompt_is_primed_in_chunks(tmp_path, trained, corpus_text):
+    ckpt = trained["objects"]["best_ckpt"]
+    prompt = (corpus_text * (1_000_000 // len(corpus_text) + 1))[:1_000_000]
+    (tmp_path / "prompt.txt").write_text(prompt)
+    _, objects = sample(sample_cfg(tmp_path, f"ckpt={ckpt}", f"prompt_file={tmp_path / 'prompt.txt'}", "length=20",
+                                   "stream=false", "unknown=replace"))
+    sample_out = objects["record"]["samples"][0]
+    assert sample_out["new_tokens"] == 20 and len(sample_out["text"]) == 1_000_020

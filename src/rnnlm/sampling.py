@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 MAX_BEAM_LENGTH = 100_000  # beams hold their whole sequences; sampling streams instead
 
 
-def read_text_option(cfg: DictConfig, text_key: str, file_key: str) -> str | None:
-    """``text`` given inline, or read from ``text_file`` (one of the two, not both)."""
+def read_text_option(cfg: DictConfig, text_key: str, file_key: str, exclusive: bool = True) -> str | None:
+    """Text given inline, or read from a file; with ``exclusive`` passing both is an error,
+    otherwise the file wins (``prompt`` has a default, ``prompt_file`` replaces it)."""
     inline, file = cfg.get(text_key), cfg.get(file_key)
-    if inline is not None and file:
+    if exclusive and inline is not None and file:
         raise ConfigError(f"pass either {text_key}= or {file_key}=, not both")
     if not file:
         return None if inline is None else str(inline)
@@ -78,7 +79,7 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
     beam = settings.strategy in ("beam", "stochastic_beam")
     if beam and length > MAX_BEAM_LENGTH:
         raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
-    prompt = read_text_option(cfg, "prompt", "prompt_file") or ""
+    prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
     ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "error"))
     stop = [int(i) for i in tokenizer.encode(cfg.stop)] if cfg.get("stop") else []
     keep = cfg.get("keep_tokens")

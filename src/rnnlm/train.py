@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -184,8 +183,7 @@ def summary(metrics: dict[str, float], objects: dict[str, Any], temperatures=(0.
         lines.append(f"W&B offline run: {objects['wandb_dir']}  (upload: wandb sync {objects['wandb_dir']})")
     model: LanguageModel = objects["model"]
     tokenizer = objects["datamodule"].tokenizer
-    net = model.net.to("cpu") if not torch.cuda.is_available() else model.net
-    for temperature, text in sample_texts(net, tokenizer, temperatures, length, prompt="\n", seed=0):
+    for temperature, text in sample_texts(model.net, tokenizer, temperatures, length, prompt="\n", seed=0):
         lines += ["", f"--- sample, temperature {temperature} ---", text.strip("\n")]
     lines.append("=" * 72)
     return "\n".join(lines)
