@@ -175,6 +175,11 @@ def summary(metrics: dict[str, float], objects: dict[str, Any], temperatures=(0.
                 f"perplexity {metrics[f'{split}/ppl']:.3f} | {metrics[f'{split}/bpc']:.4f} bits/token | "
                 f"accuracy {metrics[f'{split}/acc']:.3f}"
             )
+        if f"{split}/loss_stateful" in metrics:
+            lines.append(
+                f"{'':>5}  read in order, state carried: loss {metrics[f'{split}/loss_stateful']:.4f} | "
+                f"{metrics[f'{split}/bpc_stateful']:.4f} bits/token"
+            )
     if "val/loss_best" in metrics:
         lines.append(f"best val loss: {metrics['val/loss_best']:.4f}")
     lines.append(f"best checkpoint: {objects['best_ckpt'] or '(none saved)'}")
