@@ -123,3 +123,12 @@ def test_compile_path_trains_on_cpu(tmp_path, corpus_file):
     assert math.isfinite(metrics["val/loss"])
     ckpt = torch.load(objects["last_ckpt"], weights_only=True)
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])  # loads without torch.compile
+
+
+def test_last_step_is_validated_and_checkpointed(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=25", "trainer.val_check_interval=10",
+                         "test=false", "callbacks.sample_text=null"], tmp_path)
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == 25
+    ckpt = torch.load(objects["last_ckpt"], weights_only=True)
+    assert ckpt["global_step"] == 25  # last.ckpt follows the validation at the final step

@@ -140,3 +140,13 @@ class CheckpointOnInterrupt(pl.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path)
         print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; resume with resume_dir={self.path.parent.parent}", flush=True)
+
+
+class ValidateAtLastStep(pl.Callback):
+    """Make the last step (``trainer.max_steps``) a validation step, so its weights are
+    scored and can become the best checkpoint even when ``max_steps`` is not a multiple of
+    ``val_check_interval``. (Lightning validates when asked to stop, as ``max_time`` does.)"""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
