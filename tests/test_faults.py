@@ -103,3 +103,13 @@ def test_runs_started_together_get_their_own_dirs(tmp_path, corpus_file):
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 2
     assert all((run / "checkpoints" / "last.ckpt").is_file() for run in runs)
+
+
+def test_settings_that_cannot_work_are_refused(corpus_file):
+    from rnnlm.models.schedules import warmup_cosine
+
+    with pytest.raises(ConfigError, match="data.order=lanes needs windows that follow each other"):
+        CorpusDataModule(path=str(corpus_file), order="lanes", stride=64, seq_len=128)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match=r"total_steps \(-1\) > warmup_steps"):
+        warmup_cosine(opt, total_steps=-1, warmup_steps=50)

@@ -181,3 +181,12 @@ def test_fast_step_matches_the_module(cell, embedding_dim):
         _, reference = net(seq)
         for mine, theirs in zip(state if isinstance(state, tuple) else [state], reference if isinstance(reference, tuple) else [reference]):
             torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
+def test_stochastic_beam_respects_top_k_and_length_zero():
+    net = random_lstm(6)
+    greedy = generate(net, [1], 15, settings=DecodeSettings(strategy="greedy")).tokens[0]
+    beams = generate(net, [1], 15, 3, DecodeSettings(strategy="stochastic_beam", beam_width=5, top_k=1), seed=0)
+    assert beams.tokens[0] == greedy  # one token allowed per step: only the greedy path survives
+    empty = generate(net, [1], 0, 3, DecodeSettings(strategy="beam", beam_width=4))
+    assert empty.tokens == [[], [], []]

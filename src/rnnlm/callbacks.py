@@ -112,10 +112,12 @@ class FiniteLoss(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
+        bad = loss is not None and not math.isfinite(float(loss))
+        # Every rank must stop together, or the others would wait in the next all-reduce.
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
             best = getattr(trainer.checkpoint_callback, "best_model_path", "") or "none yet"
             raise RnnlmError(
-                f"training loss became {float(loss)} at step {trainer.global_step}; stopped without "
+                f"training loss became {float(loss) if bad else 'non-finite on another rank'} at step {trainer.global_step}; stopped without "
                 f"saving these weights (last good checkpoint: {best}); lower model.optimizer.lr "
                 "or set trainer.gradient_clip_val"
             )

@@ -81,8 +81,12 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
         raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
     prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
     ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "error"))
+    if cfg.get("stop") and tokenizer.unknown(cfg.stop):
+        raise ConfigError(f"stop={cfg.stop!r} has pieces not in the vocabulary: {tokenizer.unknown(cfg.stop)}; it could never match")
     stop = [int(i) for i in tokenizer.encode(cfg.stop)] if cfg.get("stop") else []
     keep = cfg.get("keep_tokens")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ConfigError(f"keep_tokens={keep!r}; it must be an integer >= 1 (tokens per sample kept in memory) or null")
     n = cfg.num_samples
     echo = bool(cfg.get("stream", True)) and n == 1 and not beam
     vocab = tokenizer.vocab

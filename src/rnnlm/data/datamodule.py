@@ -133,6 +133,11 @@ class CorpusDataModule(pl.LightningDataModule):
                 raise ConfigError(f"data.{name}={value!r}; it must be a positive integer")
         if order not in ORDERS:
             raise ConfigError(f"data.order={order!r}; use one of {list(ORDERS)}")
+        if order == "lanes" and stride not in (None, seq_len):
+            raise ConfigError(
+                f"data.order=lanes needs windows that follow each other (data.stride={stride} != "
+                f"data.seq_len={seq_len}); leave data.stride=null"
+            )
         if len(splits) != 3 or min(splits[:2]) <= 0 or splits[2] < 0 or abs(sum(splits) - 1) > 1e-6:
             raise ConfigError(
                 f"data.splits={list(splits)}; give train/val/test fractions summing to 1 "

@@ -221,6 +221,8 @@ def beam_search(
     settings = settings or DecodeSettings(strategy="beam")
     if not prompt:
         raise ConfigError("the prompt is empty: give at least one token to start from")
+    if length == 0:
+        return Generation([[] for _ in range(num_samples)], [float("nan")] * num_samples, [0.0] * num_samples)
     device = next(net.parameters()).device
     generator = make_generator(seed, device)
     width = settings.beam_width
@@ -237,8 +239,12 @@ def beam_search(
             probs = filter_logits(logp / settings.temperature, settings.top_k, settings.top_p).softmax(-1)
             cand_tok = torch.multinomial(probs, k, replacement=False, generator=generator)  # [beams, k]
             cand_score = scores[:, None] + logp.gather(-1, cand_tok)
+            # multinomial without replacement pads with zero-probability tokens when fewer
+            # than k remain after top-k/top-p/temperature: those must never win.
+            cand_score = cand_score.masked_fill(probs.gather(-1, cand_tok) == 0, float("-inf"))
             flat = cand_score.flatten()
             best = flat.topk(min(width, flat.numel())).indices
+            best = best[flat[best].isfinite()]
             beam_idx, tokens = best // k, cand_tok.flatten()[best]
             scores = flat[best]
         else:

@@ -7,12 +7,20 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from rnnlm.errors import ConfigError
+
 
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
 ) -> LambdaLR:
     """Linear warm-up to the base LR over ``warmup_steps``, then a cosine decay to
     ``min_ratio`` x base LR at ``total_steps`` (held there afterwards)."""
+
+    if total_steps <= warmup_steps:
+        raise ConfigError(
+            f"the cosine schedule needs total_steps ({total_steps}) > warmup_steps ({warmup_steps}); "
+            "set trainer.max_steps (it cannot be -1 with model/scheduler=cosine)"
+        )
 
     def factor(step: int) -> float:
         if step < warmup_steps:
