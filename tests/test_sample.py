@@ -86,7 +86,7 @@ def test_length_zero_and_bounded_memory(tmp_path, trained):
         (["prompt='ROMEO 🎭'"], ConfigError, r"not in the checkpoint's vocabulary: '🎭'"),
         (["mode=score"], ConfigError, "mode=score needs the text"),
         (["keep_tokens=0"], ConfigError, r"keep_tokens=0; it must be an integer >= 1"),
-        (["stop='🎭'"], ConfigError, r"has pieces not in the vocabulary"),
+        (["stop='🎭'"], ConfigError, r"stop='🎭' has 1 char\(s\) not in the checkpoint's vocabulary"),
         (["ckpt=/nonexistent/x.ckpt"], CheckpointError, r"/nonexistent/x.ckpt does not exist; train one with `make train`"),
     ],
 )

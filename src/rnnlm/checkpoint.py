@@ -41,7 +41,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 def latest_checkpoint(root: str | Path = "outputs") -> Path:
     """The most recently written ``last.ckpt`` (else any ``.ckpt``) under ``root``."""
     root = Path(root)
-    found = list(root.rglob("last.ckpt")) or list(root.rglob("*.ckpt")) if root.is_dir() else []
+    found = (list(root.rglob("last.ckpt")) or list(root.rglob("*.ckpt"))) if root.is_dir() else []
     if not found:
         raise CheckpointError(f"no checkpoint found under {root}/; {TRAIN_HINT}")
     return max(found, key=lambda p: p.stat().st_mtime)

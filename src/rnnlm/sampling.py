@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnnlm.checkpoint import LoadedModel, latest_checkpoint, load_model
 from rnnlm.errors import ConfigError
 from rnnlm.generation.decoding import DecodeSettings, generate
-from rnnlm.generation.prompt import encode_prompt
+from rnnlm.generation.prompt import check_known, encode_prompt
 from rnnlm.generation.scoring import score_ids
 from rnnlm.generation.stats import sample_statistics
 from rnnlm.runtime import keep_freed_memory
@@ -55,10 +55,7 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     text = read_text_option(cfg, "text", "text_file")
     if not text:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
-    missing = loaded.tokenizer.unknown(text)
-    if missing and cfg.get("unknown", "error") == "error":
-        shown = ", ".join(repr(m) for m in missing[:20])
-        raise ConfigError(f"the text has {len(missing)} token(s) not in the vocabulary: {shown}; pass unknown=replace to score them as <unk>")
+    check_known(loaded.tokenizer, text, "the text to score", cfg.get("unknown", "error"))
     ids = torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
     return score_ids(loaded.net, ids)
 
@@ -81,8 +78,8 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
         raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
     prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
     ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "error"))
-    if cfg.get("stop") and tokenizer.unknown(cfg.stop):
-        raise ConfigError(f"stop={cfg.stop!r} has pieces not in the vocabulary: {tokenizer.unknown(cfg.stop)}; it could never match")
+    if cfg.get("stop"):
+        check_known(tokenizer, cfg.stop, f"stop={cfg.stop!r}")  # an unknown piece could never match
     stop = [int(i) for i in tokenizer.encode(cfg.stop)] if cfg.get("stop") else []
     keep = cfg.get("keep_tokens")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):

@@ -1,4 +1,4 @@
-"""Turning a prompt into token ids, with a clear answer for what the vocabulary lacks."""
+"""Turning text into token ids, with a clear answer for what the vocabulary lacks."""
 
 from __future__ import annotations
 
@@ -8,22 +8,26 @@ from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import ConfigError
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "error") -> list[int]:
-    """Ids of ``prompt``; an empty prompt starts from the document separator.
-
-    Pieces the vocabulary lacks raise a :class:`ConfigError` listing them, or with
-    ``unknown="replace"`` become ``<unk>`` with a warning.
-    """
+def check_known(tokenizer: Tokenizer, text: str, what: str = "the prompt", unknown: str = "error") -> None:
+    """Raise a :class:`ConfigError` listing the pieces of ``text`` the vocabulary lacks, or
+    with ``unknown="replace"`` warn that they become ``<unk>``."""
     if unknown not in ("error", "replace"):
         raise ConfigError(f"unknown={unknown!r}; use 'error' or 'replace'")
+    missing = tokenizer.unknown(text)
+    if not missing:
+        return
+    shown = ", ".join(repr(m) for m in missing[:20]) + (" ..." if len(missing) > 20 else "")
+    message = f"{what} has {len(missing)} {tokenizer.kind}(s) not in the checkpoint's vocabulary: {shown}"
+    if unknown == "error":
+        raise ConfigError(f"{message}; remove them or pass unknown=replace to map them to <unk>")
+    warnings.warn(f"{message}; mapped to <unk>", stacklevel=3)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "error") -> list[int]:
+    """Ids of ``prompt`` (see :func:`check_known`); an empty prompt starts from the
+    document separator."""
     if not prompt:
         ids = [int(i) for i in tokenizer.encode(tokenizer.start) if i != 0]
         return ids or [1 if len(tokenizer) > 1 else 0]
-    missing = tokenizer.unknown(prompt)
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        message = f"the prompt has {len(missing)} {tokenizer.kind}(s) not in the checkpoint's vocabulary: {shown}"
-        if unknown == "error":
-            raise ConfigError(f"{message}; remove them or pass unknown=replace to map them to <unk>")
-        warnings.warn(f"{message}; mapped to <unk>", stacklevel=2)
+    check_known(tokenizer, prompt, "the prompt", unknown)
     return [int(i) for i in tokenizer.encode(prompt)]
