@@ -46,6 +46,9 @@ def test_stride_overlaps_windows(corpus_file):
     x0, _ = dm.datasets["train"][0]
     x1, _ = dm.datasets["train"][1]
     assert torch.equal(x0[4:], x1[:-4])
+    _, y0 = dm.datasets["val"][0]
+    v1, _ = dm.datasets["val"][1]
+    assert y0[-1] == v1[0]  # val windows tile their region: each token is scored once
 
 
 def test_directory_corpus_with_glob_and_separator(tmp_path):

@@ -176,7 +176,10 @@ class CorpusDataModule(pl.LightningDataModule):
         bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
         for i, split in enumerate(SPLITS):
             self.tokens[split] = ids[bounds[i] : bounds[i + 1]]
-            self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, self.stride)
+            # Overlap only augments training; val/test windows tile their region so every
+            # token is scored exactly once.
+            stride = self.stride if split == "train" else self.seq_len
+            self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, stride)
         self._check_sizes()
         self.stats = {
             **facts,
