@@ -31,6 +31,7 @@ def _onednn_usable(weight: torch.Tensor) -> bool:
         weight.device.type == "cpu"
         and weight.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled  # ``torch.backends.mkldnn.flags(enabled=False)`` opts out
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )
 
