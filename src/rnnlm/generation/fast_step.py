@@ -36,7 +36,7 @@ def _onednn_usable(weight: torch.Tensor) -> bool:
     )
 
 
-class Linear:
+class PackedLinear:
     """``y = x @ weight.T + bias`` with the weight arranged once for repeated small batches."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, batch_hint: int):
@@ -75,24 +75,24 @@ class FastStep:
         self.hidden_size = net.hidden_size
         order = _ifog if self.cell == "lstm" else (lambda t: t)
         with torch.no_grad():
-            inputs = net.embedding.weight if net.embedding is not None else torch.eye(net.vocab_size)
+            inputs = net.embedding.weight if net.embedding is not None else torch.eye(net.vocab_size, device=rnn.weight_ih_l0.device)
             w_ih0, b_ih0, b_hh0 = rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
             table = inputs.to(w_ih0.dtype) @ order(w_ih0).T + order(b_ih0)
             if self.cell == "gru":  # GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
-                self.hh0 = Linear(rnn.weight_hh_l0, b_hh0, batch_hint)
+                self.hh0 = PackedLinear(rnn.weight_hh_l0, b_hh0, batch_hint)
             else:
                 table = table + order(b_hh0)
-                self.hh0 = Linear(order(rnn.weight_hh_l0), torch.zeros_like(b_hh0), batch_hint)
+                self.hh0 = PackedLinear(order(rnn.weight_hh_l0), torch.zeros_like(b_hh0), batch_hint)
             self.table = table.contiguous()
-            self.deeper: list[tuple[Linear, ...]] = []
+            self.deeper: list[tuple[PackedLinear, ...]] = []
             for layer in range(1, self.num_layers):
                 w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
                 b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
                 if self.cell == "gru":
-                    self.deeper.append((Linear(w_ih, b_ih, batch_hint), Linear(w_hh, b_hh, batch_hint)))
+                    self.deeper.append((PackedLinear(w_ih, b_ih, batch_hint), PackedLinear(w_hh, b_hh, batch_hint)))
                 else:
-                    self.deeper.append((Linear(order(torch.cat([w_ih, w_hh], 1)), order(b_ih + b_hh), batch_hint),))
-            self.out = Linear(net.decoder.weight, net.decoder.bias, batch_hint)
+                    self.deeper.append((PackedLinear(order(torch.cat([w_ih, w_hh], 1)), order(b_ih + b_hh), batch_hint),))
+            self.out = PackedLinear(net.decoder.weight, net.decoder.bias, batch_hint)
 
     @staticmethod
     def supports(net: nn.Module) -> bool:
