@@ -558,6 +558,7 @@ def measure_sampling(plan: Plan, vocab_size: int, prompt: Sequence[int]) -> dict
     beam = rate(lambda: len(generate(net, prompt, plan.beam_length, 1, DecodeSettings(strategy="beam", beam_width=5)).tokens[0]))
     naive = rate(lambda: len(naive_generate(net, prompt, plan.naive_steps)))
     stateful_same = rate(lambda: len(generate(net, prompt, plan.naive_steps, 1, sample, seed=0).tokens[0]))
+    # One thread: with two, threads wait on each other for the tiny per-token ops.
     with _threads(1):
         b1_one_thread = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
     return {
