@@ -167,12 +167,15 @@ def test_prompt_with_unknown_characters():
     [(cell, emb, 24) for cell in ("lstm", "gru", "rnn") for emb in (8, None)]
     + [("lstm", 64, 512), ("gru", 64, 512)],  # the benchmark's size, where oneDNN's blocking differs
 )
-def test_fast_step_matches_the_module(cell, embedding_dim, hidden_size):
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "addmm"])
+def test_fast_step_matches_the_module(cell, embedding_dim, hidden_size, onednn):
     from rnnlm.generation.fast_step import FastStep
 
     torch.manual_seed(5)
     net = RNNLM(13, cell, hidden_size=hidden_size, num_layers=3, embedding_dim=embedding_dim).eval()
-    step = FastStep(net, batch_hint=4)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        step = FastStep(net, batch_hint=4)
+    assert (step.out.packed is not None) == (onednn and torch.backends.mkldnn.is_available())
     seq = torch.randint(0, 13, (4, 12))
     with torch.no_grad():
         full, _ = net(seq)

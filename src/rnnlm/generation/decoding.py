@@ -82,11 +82,16 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+def as_float(t: torch.Tensor) -> torch.Tensor:
+    """``t.float()`` without the call when it is already fp32 (each call counts at batch 1)."""
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
     """Pick one token per row: argmax for greedy/T=0, else sample softmax(filtered logits / T)."""
     if settings.strategy == "greedy" or settings.temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() if settings.temperature == 1 else logits.float() / settings.temperature
+    logits = as_float(logits) if settings.temperature == 1 else as_float(logits) / settings.temperature
     probs = filter_logits(logits, settings.top_k, settings.top_p).softmax(-1)
     return sample_one(probs, generator)
 
@@ -159,7 +164,7 @@ def stream(
     step = step_function(net, num_samples)
     for _ in range(length):
         tokens = next_tokens(logits, settings, generator)
-        nll = F.cross_entropy(logits.float(), tokens, reduction="none")
+        nll = F.cross_entropy(as_float(logits), tokens, reduction="none")
         yield tokens, nll
         logits, state = step(tokens, state)
 
@@ -190,9 +195,11 @@ def generate(
     active = torch.ones(num_samples, dtype=torch.bool)
     ends = torch.full((num_samples,), length, dtype=torch.long)  # exclusive end per stream
     nll_sum = torch.zeros(num_samples, dtype=torch.float64)
+    all_active = True  # until a stream stops: skips masking the NLL every step
     for step, (tokens, nll) in enumerate(stream(net, prompt, length, num_samples, settings, seed)):
-        tokens, nll = tokens.cpu(), nll.cpu()
-        nll_sum += nll.double() * active
+        if not tokens.is_cpu:
+            tokens, nll = tokens.cpu(), nll.cpu()
+        nll_sum += nll if all_active else nll.double() * active
         if keep is None or len(kept) < keep:
             kept.append(tokens)
         if on_step is not None:
@@ -201,10 +208,12 @@ def generate(
             tail.append(tokens)
             if len(tail) == len(stop):
                 ended = (torch.stack(list(tail), 1) == stop_ids).all(1) & active
-                ends[ended] = step + 1
-                active &= ~ended
-                if not bool(active.any()):
-                    break
+                if bool(ended.any()):
+                    ends[ended] = step + 1
+                    active &= ~ended
+                    all_active = False
+                    if not bool(active.any()):
+                        break
     if length == 0:
         return Generation([[] for _ in range(num_samples)], [float("nan")] * num_samples)
     ids = torch.stack(kept, 1)
