@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rnnlm.models import gru_cpu
 from rnnlm.runtime import keep_freed_memory
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -389,10 +390,17 @@ def measure_training(plan: Plan) -> dict[str, Any]:
     lightning_times = lightning_train_steps(plan, dm)
     bare_times += bare_train_steps(plan, dm, "lstm", plan.timed_steps - first)
     gru_times = bare_train_steps(plan, dm, "gru", plan.gru_timed_steps)
+    gru_cpu.ENABLED = False  # nn.GRU's own CPU path, for the before/after
+    try:
+        nn_gru_times = bare_train_steps(plan, dm, "gru", plan.gru_timed_steps)
+        nn_gru_profile = profile_step(plan, dm, "gru")
+    finally:
+        gru_cpu.ENABLED = True
     # The malloc tuning on and off, each in a fresh process (the setting is process-wide).
     on = _run_worker("bare_train", asdict(plan), env={"RNNLM_MALLOC_TUNING": "1"})
     off = _run_worker("bare_train", asdict(plan), env={"RNNLM_MALLOC_TUNING": "0"})
     profiles = {cell: profile_step(plan, dm, cell) for cell in ("lstm", "gru")}
+    profiles["nn.GRU"] = nn_gru_profile
 
     # Assembling one batch the way a fresh epoch does (new iterator: shuffle + one gather),
     # and the steady next(it) of an epoch, against one bare training step.
@@ -404,6 +412,7 @@ def measure_training(plan: Plan) -> dict[str, Any]:
     lightning_tps = _median_rate(lightning_times, tokens)
     bare_tps = _median_rate(bare_times, tokens)
     gru_tps = _median_rate(gru_times, tokens)
+    nn_gru_tps = _median_rate(nn_gru_times, tokens)
     bare_step = statistics.median(bare_times)
     return {
         "vocab_size": dm.vocab_size,
@@ -427,6 +436,8 @@ def measure_training(plan: Plan) -> dict[str, Any]:
         "gru_gflops": gru_flops * gru_tps / 1e9,
         "gru_over_lstm_time_per_token": bare_tps / gru_tps,
         "gru_over_lstm_flops": gru_flops / lstm_flops,
+        "nn_gru_tokens_per_s": nn_gru_tps,
+        "nn_gru_over_lstm_time_per_token": bare_tps / nn_gru_tps,
         "step_profiles": profiles,
         "malloc_tuning_on": keep_freed_memory(),
         "malloc_on_fresh_tokens_per_s": on["tokens_per_s"],
@@ -746,7 +757,9 @@ def format_table(r: dict[str, Any]) -> str:
             ("MFU (Lightning / bare)", f"{r['mfu']:.1%} / {r['reference_mfu']:.1%}"),
             ("GRU bare loop", f"{_fmt(r['gru_tokens_per_s'], 'tok/s')} ({_fmt(r['gru_gflops'], 'GFLOP/s')})"),
             ("GRU / LSTM time per token", f"{_fmt(r['gru_over_lstm_time_per_token'])} (FLOP ratio {_fmt(r['gru_over_lstm_flops'])})"),
-            *((f"{cell.upper()} step profile", f"{prof['op_calls']} op calls; " + ", ".join(
+            ("nn.GRU's own CPU path", f"{_fmt(r['nn_gru_tokens_per_s'], 'tok/s')}, "
+                                      f"{_fmt(r['nn_gru_over_lstm_time_per_token'])} x LSTM's time per token"),
+            *((f"{cell if '.' in cell else cell.upper()} step profile", f"{prof['op_calls']} op calls; " + ", ".join(
                 f"{op} {v['share']:.0%} ({v['calls']}x)" for op, v in prof["top_ops"].items()))
               for cell, prof in r["step_profiles"].items()),
             ("bare loop, fresh process", f"malloc tuning on {_fmt(r['malloc_on_fresh_tokens_per_s'])}, "

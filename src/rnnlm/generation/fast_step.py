@@ -9,9 +9,8 @@ same cell equations on weights arranged once for it:
 - each deeper LSTM/RNN layer does a single projection of ``[x, h]`` by ``[W_ih; W_hh]``;
 - LSTM gate rows are reordered to (i, f, o, g), so one ``sigmoid`` covers three gates;
 - on a CPU with oneDNN, the weights are packed once in oneDNN's blocked layout
-  (``_reorder_linear_weight``/``_linear_pointwise``, what ``torch.compile`` uses for frozen
-  CPU linears). For these skinny products (1 or 32 rows) that is about 1.7-2x MKL's ``addmm``
-  here; elsewhere (GPU, builds without oneDNN) the step uses ``addmm`` on pre-transposed weights.
+  (:class:`~rnnlm.models.packed_linear.PackedLinear`); elsewhere the step uses ``addmm`` on
+  pre-transposed weights.
 
 It takes and returns the state in ``nn.LSTM``/``nn.GRU``/``nn.RNN``'s layout, so the decoding
 loop can switch between the two freely; ``tests/test_generation.py`` checks it matches the
@@ -23,38 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rnnlm.models.packed_linear import PackedLinear
 from rnnlm.models.rnn import RNNLM
-
-
-def _onednn_usable(weight: torch.Tensor) -> bool:
-    return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled  # ``torch.backends.mkldnn.flags(enabled=False)`` opts out
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
-
-
-class PackedLinear:
-    """``y = x @ weight.T + bias`` with the weight arranged once for repeated small batches."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, batch_hint: int):
-        self.bias = bias.detach().contiguous()
-        self.packed: torch.Tensor | None = None
-        if _onednn_usable(weight):
-            try:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch_hint)
-                self(weight.new_zeros(1, weight.size(1)))  # refuse now, not mid-generation
-            except RuntimeError:
-                self.packed = None
-        if self.packed is None:
-            self.weight_t = weight.detach().T.contiguous()
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return torch.addmm(self.bias, x, self.weight_t)
 
 
 def _ifog(t: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.errors import ConfigError
+from rnnlm.models import gru_cpu
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -80,7 +81,11 @@ class RNNLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state."""
-        outputs, state = self.rnn(self.embed(tokens), state)
+        inputs = self.embed(tokens)
+        if self.cell == "gru" and gru_cpu.usable(self.rnn, inputs):
+            outputs, state = gru_cpu.gru_forward(self.rnn, inputs, state)  # fp32 CPU: see gru_cpu
+        else:
+            outputs, state = self.rnn(inputs, state)
         return self.decoder(self.dropout(outputs)), state
 
     def memory_report(self) -> dict[str, int]:
