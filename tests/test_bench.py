@@ -18,7 +18,7 @@ from rnnlm.models.rnn import RNNLM
 REQUIRED = (
     "peak_gflops", "train_tokens_per_s", "reference_tokens_per_s", "lightning_overhead", "mfu",
     "data_setup_s", "data_peak_rss_mb", "sample_chars_per_s_b1", "sample_chars_per_s_b32",
-    "beam5_chars_per_s", "naive_rerun_chars_per_s", "malloc_tuning_speedup", "gru_tokens_per_s", "nn_gru_tokens_per_s",
+    "beam5_chars_per_s", "naive_rerun_chars_per_s", "malloc_tuning_speedup", "gru_tokens_per_s", "nn_gru_tokens_per_s", "bf16_speedup",
 )
 
 

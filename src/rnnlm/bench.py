@@ -270,10 +270,15 @@ def _cycle(loader) -> Iterator:
 
 
 def train_step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-               targets: torch.Tensor) -> None:
-    """Forward, cross-entropy, backward, clip the gradient norm to 1, optimiser step."""
-    logits, _ = net(inputs)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+               targets: torch.Tensor, bf16: bool = False) -> None:
+    """Forward, cross-entropy, backward, clip the gradient norm to 1, optimiser step.
+
+    ``bf16``: the forward and loss under CPU autocast to bfloat16, as Lightning's
+    ``bf16-mixed`` precision runs ``training_step``.
+    """
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits, _ = net(inputs)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
     optimizer.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -306,17 +311,18 @@ def profile_step(plan: Plan, dm, cell: str, top: int = 4) -> dict[str, Any]:
     }
 
 
-def bare_train_steps(plan: Plan, dm, cell: str, steps: int) -> list[float]:
+def bare_train_steps(plan: Plan, dm, cell: str, steps: int, bf16: bool = False) -> list[float]:
     """Per-step wall times of a plain PyTorch loop: batch fetch, forward, backward, clip, AdamW.
 
     Each time runs from the end of one step to the end of the next (like the Lightning
-    callback); the first ``plan.warmup_steps`` steps are dropped.
+    callback); the first ``plan.warmup_steps`` steps are dropped. ``bf16``: forward under
+    CPU autocast to bfloat16, what ``trainer.precision=bf16-mixed`` does.
     """
     net, optimizer = _new_net(plan, dm.vocab_size, cell)
     batches = _cycle(dm.train_dataloader())
     ends = [time.perf_counter()]
     for _ in range(plan.warmup_steps + steps):
-        train_step(net, optimizer, *next(batches))
+        train_step(net, optimizer, *next(batches), bf16=bf16)
         ends.append(time.perf_counter())
     times = [b - a for a, b in zip(ends, ends[1:])]
     return times[plan.warmup_steps:]
@@ -389,6 +395,7 @@ def measure_training(plan: Plan) -> dict[str, Any]:
     bare_times = bare_train_steps(plan, dm, "lstm", first)
     lightning_times = lightning_train_steps(plan, dm)
     bare_times += bare_train_steps(plan, dm, "lstm", plan.timed_steps - first)
+    bf16_times = bare_train_steps(plan, dm, "lstm", plan.gru_timed_steps, bf16=True)
     gru_times = bare_train_steps(plan, dm, "gru", plan.gru_timed_steps)
     gru_cpu.ENABLED = False  # nn.GRU's own CPU path, for the before/after
     try:
@@ -437,6 +444,8 @@ def measure_training(plan: Plan) -> dict[str, Any]:
         "gru_over_lstm_time_per_token": bare_tps / gru_tps,
         "gru_over_lstm_flops": gru_flops / lstm_flops,
         "nn_gru_tokens_per_s": nn_gru_tps,
+        "bf16_tokens_per_s": _median_rate(bf16_times, tokens),
+        "bf16_speedup": bare_step / statistics.median(bf16_times),
         "nn_gru_over_lstm_time_per_token": bare_tps / nn_gru_tps,
         "step_profiles": profiles,
         "malloc_tuning_on": keep_freed_memory(),
@@ -755,6 +764,8 @@ def format_table(r: dict[str, Any]) -> str:
             ("FLOPs per token (train)", _fmt(r["train_flops_per_token"] / 1e6, "MFLOP")),
             ("achieved (Lightning / bare)", f"{_fmt(r['train_gflops'])} / {_fmt(r['reference_gflops'], 'GFLOP/s')}"),
             ("MFU (Lightning / bare)", f"{r['mfu']:.1%} / {r['reference_mfu']:.1%}"),
+            ("bare loop, bf16-mixed autocast", f"{_fmt(r['bf16_tokens_per_s'], 'tok/s')}: "
+                                               f"{_fmt(r['bf16_speedup'], 'x')} fp32's speed"),
             ("GRU bare loop", f"{_fmt(r['gru_tokens_per_s'], 'tok/s')} ({_fmt(r['gru_gflops'], 'GFLOP/s')})"),
             ("GRU / LSTM time per token", f"{_fmt(r['gru_over_lstm_time_per_token'])} (FLOP ratio {_fmt(r['gru_over_lstm_flops'])})"),
             ("nn.GRU's own CPU path", f"{_fmt(r['nn_gru_tokens_per_s'], 'tok/s')}, "
