@@ -132,3 +132,15 @@ def test_last_step_is_validated_and_checkpointed(tmp_path, corpus_file):
     assert objects["trainer"].global_step == 25
     ckpt = torch.load(objects["last_ckpt"], weights_only=True)
     assert ckpt["global_step"] == 25  # last.ckpt follows the validation at the final step
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bf16_mixed_trains_on_cpu_and_checkpoints_fp32(tmp_path, corpus_file, cell):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", f"model.cell={cell}", "trainer.precision=bf16-mixed", "model.optimizer.lr=0.01",
+                         "trainer.max_steps=40", "trainer.val_check_interval=40", "test=false",
+                         "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
+    dm = objects["datamodule"]
+    assert metrics["val/loss"] < unigram_entropy(dm.tokens["train"])
+    ckpt = torch.load(objects["last_ckpt"], weights_only=True)
+    assert all(t.dtype == torch.float32 for t in ckpt["state_dict"].values() if t.is_floating_point())
