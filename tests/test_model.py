@@ -82,6 +82,8 @@ def test_cpu_gru_matches_nn_gru_outputs_and_gradients(num_layers, onednn):
         (out.square().sum() + h_n.sin().sum()).backward()
         return [out, h_n, x.grad, h0.grad] + [p.grad for p in gru.parameters()]
 
+    assert not usable(torch.nn.GRU(7, 16, num_layers), x)  # time-major modules keep nn.GRU
+    assert not usable(gru, x[0]) and not usable(gru, x[:0])  # unbatched, empty batch
     expected = outputs_and_grads(gru)
     with torch.backends.mkldnn.flags(enabled=onednn):
         got = outputs_and_grads(lambda inp, h: gru_forward(gru, inp, h))

@@ -34,6 +34,9 @@ def usable(rnn: nn.Module, x: torch.Tensor) -> bool:
     return (
         ENABLED
         and isinstance(rnn, nn.GRU)
+        and rnn.batch_first
+        and x.dim() == 3
+        and x.size(0) > 0
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and rnn.weight_hh_l0.dtype == torch.float32
@@ -132,7 +135,8 @@ class GRURecurrence(torch.autograd.Function):
 def gru_forward(rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``rnn(x, h0)`` for a batch-first ``nn.GRU``, through :class:`GRURecurrence`.
 
-    Between layers it applies ``rnn.dropout`` in training mode, as ``nn.GRU`` does.
+    Between layers it applies ``rnn.dropout`` in training mode, as ``nn.GRU`` does. The
+    outputs are saved for backward: modifying them in place makes autograd refuse.
     """
     batch = x.size(0)
     if h0 is None:
