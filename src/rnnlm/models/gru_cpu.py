@@ -10,9 +10,9 @@ for 0.75x its FLOPs.
 Here only what must be sequential is: per time step one product ``h @ W_hh.T`` forward and
 one ``dgates @ W_hh`` backward, on oneDNN-packed weights. Everything else is one large
 product per layer, through oneDNN too: the input projections of all time steps before the
-loop, and the weight gradients ``dW_ih``, ``dW_hh`` (and their biases) after it. The parameters stay those
-of the ``nn.GRU`` (same names, same checkpoints); ``tests/test_model.py`` checks outputs and
-gradients against it.
+loop, and the weight gradients ``dW_ih``, ``dW_hh`` (and their biases) after it. The
+parameters stay those of the ``nn.GRU`` (same names, same checkpoints);
+``tests/test_model.py`` checks outputs and gradients against it.
 
 Used by :class:`~rnnlm.models.rnn.RNNLM` for fp32 on the CPU outside ``torch.compile`` and
 autocast; GPUs keep cuDNN's GRU and ``bf16-mixed`` keeps ``nn.GRU``.

@@ -2,8 +2,9 @@
 
 On a CPU with oneDNN the weight is packed once in oneDNN's blocked layout
 (``_reorder_linear_weight``/``_linear_pointwise``, what ``torch.compile`` uses for frozen CPU
-linears). For the skinny products of recurrent steps (1 to 64 rows against a 2 x 512
-LSTM/GRU's matrices) that measured 1.7-2x MKL's ``addmm`` here. Elsewhere (GPU, builds
+linears). For the skinny products of recurrent steps that is faster than MKL's ``addmm``
+here: sampling the 2 x 512 LSTM (1 and 32 rows) ran 1.4x and 2.4x faster with it in the
+benchmark (README "Performance"). Elsewhere (GPU, builds
 without oneDNN, ``torch.backends.mkldnn.flags(enabled=False)``) it is ``addmm`` on a
 pre-transposed weight.
 """
