@@ -27,6 +27,17 @@ def test_tied_weights_share_one_matrix():
         RNNLM(20, hidden_size=16, embedding_dim=8, tie_weights=True)
 
 
+def test_input_dropout_acts_on_the_first_layer_input_in_training_only():
+    net = RNNLM(11, "lstm", hidden_size=12, num_layers=1, embedding_dim=8, input_dropout=0.5)
+    seen = []
+    net.rnn.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    tokens = torch.randint(0, 11, (3, 7))
+    net.train()(tokens)
+    assert (seen[-1] == 0).float().mean() > 0.25  # about half the inputs dropped...
+    net.eval()(tokens)
+    torch.testing.assert_close(seen[-1], net.embedding(tokens))  # ...and none in eval mode
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -34,6 +45,7 @@ def test_tied_weights_share_one_matrix():
         ({"hidden_size": "abc"}, r"model.hidden_size='abc'; it must be a positive integer"),
         ({"num_layers": 0}, r"model.num_layers=0"),
         ({"dropout": 1.5}, r"model.dropout=1.5"),
+        ({"input_dropout": -0.1}, r"model.input_dropout=-0.1; it must be a number in \[0, 1\)"),
         ({"embedding_dim": None, "onehot_max_vocab": 10}, r"one-hot input with a vocabulary of 50 .* set model.embedding_dim"),
     ],
 )

@@ -107,6 +107,20 @@ def test_stateful_evaluation_is_logged_next_to_per_window(trained):
         assert metrics[f"{split}/bpc_stateful"] == pytest.approx(metrics[f"{split}/loss_stateful"] / math.log(2), rel=1e-5)
 
 
+def test_stateful_evaluation_scores_the_averaged_weights(tmp_path, corpus_file):
+    # decay=1 keeps the average at the weights after the first step, far behind the trained ones:
+    # both validation figures must score that average, not the weights being trained.
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.optimizer.lr=0.01", "test=false",
+                         "callbacks.sample_text=null",
+                         "+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging",
+                         "+callbacks.ema.decay=1.0"], tmp_path)
+    metrics, objects = train(cfg)
+    assert metrics["train/loss"] < metrics["val/loss"] - 0.5, metrics
+    assert metrics["val/loss_stateful"] == pytest.approx(metrics["val/loss"], abs=0.1)
+    ckpt = torch.load(objects["last_ckpt"], weights_only=True)
+    assert "current_model_state" in ckpt  # the averaged weights are the ones sampled from
+
+
 def test_lanes_training_carries_the_state(tmp_path, corpus_file):
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.order=lanes", "test=false"], tmp_path)
     metrics, objects = train(cfg)

@@ -35,6 +35,7 @@ class LanguageModel(pl.LightningModule):
         hidden_size: int = 256,
         num_layers: int = 2,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
         embedding_dim: int | None = 64,
         tie_weights: bool = False,
         onehot_max_vocab: int = 1024,
@@ -61,8 +62,8 @@ class LanguageModel(pl.LightningModule):
     @staticmethod
     def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
         """The :class:`RNNLM` arguments among the hyper-parameters (also used when sampling)."""
-        keys = ("vocab_size", "cell", "hidden_size", "num_layers", "dropout", "embedding_dim",
-                "tie_weights", "onehot_max_vocab")
+        keys = ("vocab_size", "cell", "hidden_size", "num_layers", "dropout", "input_dropout",
+                "embedding_dim", "tie_weights", "onehot_max_vocab")
         return {k: hparams[k] for k in keys if k in hparams}
 
     def forward(self, tokens: torch.Tensor, state=None):
@@ -133,16 +134,22 @@ class LanguageModel(pl.LightningModule):
         self.log(f"{split}/loss_stateful", loss, sync_dist=True)
         self.log(f"{split}/bpc_stateful", loss / LN2, sync_dist=True)
 
+    # The stateful pass runs at epoch start: a weight-averaging callback (EMA/SWA) has swapped
+    # its averaged weights in by then and swaps them back before this module's epoch-end hook.
+    def on_validation_epoch_start(self) -> None:
+        self._log_stateful("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._log_stateful("test")
+
     def on_validation_epoch_end(self) -> None:
         loss = self._log_split("val")
-        self._log_stateful("val")
         if not self.trainer.sanity_checking:
             self.val_loss_best.update(torch.tensor(loss))
             self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")
-        self._log_stateful("test")
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=2e-3))

@@ -20,12 +20,14 @@ def _positive_int(name: str, value: object) -> int:
 
 
 class RNNLM(nn.Module):
-    """Embedding (or one-hot) -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` stack -> dropout -> linear.
+    """Embedding (or one-hot) -> input dropout -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` stack ->
+    dropout -> linear.
 
     ``embedding_dim=None`` feeds one-hot vectors, like the classic lesson; it is refused for
     vocabularies above ``onehot_max_vocab`` because the input matrix grows with the vocab.
     ``tie_weights`` shares the embedding and output matrices (needs
-    ``embedding_dim == hidden_size``).
+    ``embedding_dim == hidden_size``). ``dropout`` acts between layers and before the
+    output layer; ``input_dropout`` on the embedded (or one-hot) input to the first layer.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class RNNLM(nn.Module):
         embedding_dim: int | None = 64,
         tie_weights: bool = False,
         onehot_max_vocab: int = 1024,
+        input_dropout: float = 0.0,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -45,8 +48,9 @@ class RNNLM(nn.Module):
         vocab_size = _positive_int("vocab_size", vocab_size)
         hidden_size = _positive_int("hidden_size", hidden_size)
         num_layers = _positive_int("num_layers", num_layers)
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"model.dropout={dropout!r}; it must be a number in [0, 1)")
+        for name, rate in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise ConfigError(f"model.{name}={rate!r}; it must be a number in [0, 1)")
         if embedding_dim is None:
             if vocab_size > onehot_max_vocab:
                 raise ConfigError(
@@ -69,6 +73,7 @@ class RNNLM(nn.Module):
             input_size, hidden_size, num_layers, batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
+        self.input_dropout = nn.Dropout(input_dropout)
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
@@ -81,7 +86,7 @@ class RNNLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state."""
-        inputs = self.embed(tokens)
+        inputs = self.input_dropout(self.embed(tokens))
         if self.cell == "gru" and gru_cpu.usable(self.rnn, inputs):
             outputs, state = gru_cpu.gru_forward(self.rnn, inputs, state)  # fp32 CPU: see gru_cpu
         else:
