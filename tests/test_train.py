@@ -111,9 +111,7 @@ def test_stateful_evaluation_scores_the_averaged_weights(tmp_path, corpus_file):
     # decay=1 keeps the average at the weights after the first step, far behind the trained ones:
     # both validation figures must score that average, not the weights being trained.
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.optimizer.lr=0.01", "test=false",
-                         "callbacks.sample_text=null",
-                         "+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging",
-                         "+callbacks.ema.decay=1.0"], tmp_path)
+                         "callbacks=ema", "callbacks.sample_text=null", "callbacks.ema.decay=1.0"], tmp_path)
     metrics, objects = train(cfg)
     assert metrics["train/loss"] < metrics["val/loss"] - 0.5, metrics
     assert metrics["val/loss_stateful"] == pytest.approx(metrics["val/loss"], abs=0.1)
