@@ -114,6 +114,20 @@ def test_bad_settings_are_config_errors(corpus_file):
         CorpusDataModule(path=str(corpus_file), splits=[0.5, 0.5, 0.5])
 
 
+def test_calibration_is_cut_from_the_end_of_the_train_split(corpus_file):
+    whole = make_dm(corpus_file)
+    dm = make_dm(corpus_file, calibration=0.02)
+    train, cal = dm.tokens["train"], dm.tokens["calibration"]
+    assert torch.equal(torch.cat([train, cal]), whole.tokens["train"])  # train, then calibration, then val
+    assert len(cal) == int(0.02 * sum(len(t) for t in whole.tokens.values()))
+    assert torch.equal(dm.tokens["val"], whole.tokens["val"]) and dm.tokenizer.vocab == whole.tokenizer.vocab
+    assert dm.stats["calibration_tokens"] == len(cal)
+    with pytest.raises(ConfigError, match=r"data.calibration=0.95; .* below 0.9, e.g. 0.01"):
+        CorpusDataModule(path=str(corpus_file), splits=[0.9, 0.1, 0.0], calibration=0.95)
+    with pytest.raises(CorpusError, match=r"data.calibration=1e-05 holds 0 tokens, fewer than 256; raise it"):
+        make_dm(corpus_file, calibration=1e-5)
+
+
 def test_word_tokenizer_corpus(corpus_file):
     dm = make_dm(corpus_file, tokenizer="word", max_vocab=500)
     assert dm.vocab_size == 500

@@ -173,6 +173,7 @@ def test_fast_step_matches_the_module(cell, embedding_dim, hidden_size, onednn):
 
     torch.manual_seed(5)
     net = RNNLM(13, cell, hidden_size=hidden_size, num_layers=3, embedding_dim=embedding_dim).eval()
+    net.logit_scale.fill_(0.8)  # a calibrated model: the packed output layer must apply it too
     with torch.backends.mkldnn.flags(enabled=onednn):
         step = FastStep(net, batch_hint=4)
     assert (step.out.packed is not None) == (onednn and torch.backends.mkldnn.is_available())
@@ -187,6 +188,28 @@ def test_fast_step_matches_the_module(cell, embedding_dim, hidden_size, onednn):
         _, reference = net(seq)
         for mine, theirs in zip(state if isinstance(state, tuple) else [state], reference if isinstance(reference, tuple) else [reference]):
             torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
+def test_fit_logit_scale_undoes_an_overconfident_output_layer():
+    from rnnlm.generation.scoring import fit_logit_scale, score_totals
+
+    net = random_lstm(seed=3)
+    with torch.no_grad():  # peakier predictions than at initialisation: a sharper optimum
+        net.decoder.weight.mul_(4)
+    # Text drawn from the model itself: the model is calibrated for it, the best scale is ~1.
+    ids = torch.tensor(generate(net, [0], 4000, 1, DecodeSettings(temperature=1.0), seed=0).tokens[0])
+    calibrated, _, _ = fit_logit_scale(net, ids, lanes=1)
+    assert calibrated == pytest.approx(1.0, abs=0.1)
+    with torch.no_grad():  # the same logits made 1.6x sharper: over-confident
+        net.decoder.weight.mul_(1.6)
+        net.decoder.bias.mul_(1.6)
+    scale, loss_raw, loss = fit_logit_scale(net, ids, lanes=1)
+    assert scale == pytest.approx(calibrated / 1.6, abs=0.01) and loss < loss_raw - 0.005
+    assert net.logit_scale.item() == 1.0  # the caller sets the result
+    count = len(ids) - 1
+    assert loss_raw == pytest.approx(score_totals(net, ids, 1, 256)[0] / count, rel=1e-5)
+    net.logit_scale.fill_(scale)
+    assert score_totals(net, ids, 1, 256)[0] / count <= loss + 1e-4  # the refined scale: as good as the grid's best
 
 
 def test_stochastic_beam_respects_top_k_and_length_zero():

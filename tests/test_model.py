@@ -38,6 +38,21 @@ def test_input_dropout_acts_on_the_first_layer_input_in_training_only():
     torch.testing.assert_close(seen[-1], net.embedding(tokens))  # ...and none in eval mode
 
 
+def test_logit_scale_applies_outside_training_and_is_saved():
+    net = RNNLM(11, "lstm", hidden_size=12, num_layers=1, embedding_dim=8)
+    tokens = torch.randint(0, 11, (2, 5))
+    raw = net.eval()(tokens)[0]
+    net.logit_scale.fill_(0.5)
+    torch.testing.assert_close(net(tokens)[0], 0.5 * raw)
+    torch.testing.assert_close(net.train()(tokens)[0], raw)  # training fits the raw logits
+    state = net.state_dict()
+    assert state["logit_scale"] == 0.5
+    del state["logit_scale"]  # a checkpoint from before calibration existed
+    fresh = RNNLM(11, "lstm", hidden_size=12, num_layers=1, embedding_dim=8)
+    fresh.load_state_dict(state)
+    assert fresh.logit_scale.item() == 1.0
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -119,6 +119,15 @@ def test_stateful_evaluation_scores_the_averaged_weights(tmp_path, corpus_file):
     assert "current_model_state" in ckpt  # the averaged weights are the ones sampled from
 
 
+def test_calibration_fits_the_logit_scale_the_checkpoint_keeps(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
+                         "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
+    scale = metrics["calibration/logit_scale"]
+    assert scale != 1.0 and metrics["calibration/loss"] <= metrics["calibration/loss_raw"]
+    assert load_model(objects["best_ckpt"], device="cpu").net.logit_scale.item() == pytest.approx(scale)
+
+
 def test_lanes_training_carries_the_state(tmp_path, corpus_file):
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.order=lanes", "test=false"], tmp_path)
     metrics, objects = train(cfg)

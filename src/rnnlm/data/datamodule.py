@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
+CALIBRATION_MIN_TOKENS = 256  # a temperature fitted on fewer is noise
 
 
 class WindowDataset(Dataset):
@@ -124,6 +125,7 @@ class CorpusDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         order: str = "shuffle",
+        calibration: float = 0.0,
     ):
         super().__init__()
         if tokenizer not in TOKENIZERS:
@@ -143,6 +145,12 @@ class CorpusDataModule(pl.LightningDataModule):
                 f"data.splits={list(splits)}; give train/val/test fractions summing to 1 "
                 "(train and val > 0; test may be 0, as in nanoGPT's 90/10 split)"
             )
+        if isinstance(calibration, bool) or not isinstance(calibration, (int, float)) or not 0 <= calibration < splits[0]:
+            raise ConfigError(
+                f"data.calibration={calibration!r}; give the fraction of the corpus held out from the end "
+                f"of the train split to fit the output temperature: 0 (off) up to below {splits[0]}, e.g. 0.01"
+            )
+        self.calibration = float(calibration)
         self.path, self.glob, self.separator = path, glob, separator
         self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
         self.max_vocab, self.min_freq = max_vocab, min_freq
@@ -176,6 +184,17 @@ class CorpusDataModule(pl.LightningDataModule):
         bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
         for i, split in enumerate(SPLITS):
             self.tokens[split] = ids[bounds[i] : bounds[i + 1]]
+        if self.calibration:
+            # The end of the train region, never trained on: where the output temperature is fitted.
+            cut = len(self.tokens["train"]) - int(len(ids) * self.calibration)
+            self.tokens["calibration"] = self.tokens["train"][cut:]
+            self.tokens["train"] = self.tokens["train"][:cut]
+            if len(self.tokens["calibration"]) < CALIBRATION_MIN_TOKENS:
+                raise CorpusError(
+                    f"data.calibration={self.calibration} holds {len(self.tokens['calibration'])} tokens, "
+                    f"fewer than {CALIBRATION_MIN_TOKENS}; raise it or set data.calibration=0"
+                )
+        for split in SPLITS:
             # Overlap only augments training; val/test windows tile their region so every
             # token is scored exactly once.
             stride = self.stride if split == "train" else self.seq_len
@@ -186,7 +205,7 @@ class CorpusDataModule(pl.LightningDataModule):
             "tokens": len(ids),
             "vocab_size": len(self.tokenizer),
             "token_dtype": str(ids.dtype),
-            **{f"{s}_tokens": len(self.tokens[s]) for s in SPLITS},
+            **{f"{s}_tokens": len(tokens) for s, tokens in self.tokens.items()},
             **{f"{s}_windows": len(self.datasets[s]) for s in SPLITS},
         }
         log.info(

@@ -61,7 +61,8 @@ class FastStep:
                     self.deeper.append((PackedLinear(w_ih, b_ih, batch_hint), PackedLinear(w_hh, b_hh, batch_hint)))
                 else:
                     self.deeper.append((PackedLinear(order(torch.cat([w_ih, w_hh], 1)), order(b_ih + b_hh), batch_hint),))
-            self.out = PackedLinear(net.decoder.weight, net.decoder.bias, batch_hint)
+            scale = net.logit_scale
+            self.out = PackedLinear(net.decoder.weight * scale, net.decoder.bias * scale, batch_hint)
 
     @staticmethod
     def supports(net: nn.Module) -> bool:

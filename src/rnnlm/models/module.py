@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
-from rnnlm.generation.scoring import score_totals
+from rnnlm.generation.scoring import fit_logit_scale, score_totals
 from rnnlm.models.rnn import RNNLM
 
 CHECKPOINT_FORMAT = "rnnlm/1"
 LN2 = math.log(2)
+CALIBRATION_LANES = 4  # lanes of ~2.8k characters for tiny-shakespeare's 1%
 
 
 class LanguageModel(pl.LightningModule):
@@ -137,7 +138,22 @@ class LanguageModel(pl.LightningModule):
     # The stateful pass runs at epoch start: a weight-averaging callback (EMA/SWA) has swapped
     # its averaged weights in by then and swaps them back before this module's epoch-end hook.
     def on_validation_epoch_start(self) -> None:
+        self._calibrate()
         self._log_stateful("val")
+
+    def _calibrate(self) -> None:
+        """Fit the logit scale (1 / softmax temperature) on the held-out end of the train split
+        (``data.calibration``), before this validation scores the model. An overfitting model
+        is over-confident; this pass of ~1% of the data takes that back. Every rank fits the
+        same scale on the same tokens."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        tokens = getattr(datamodule, "tokens", {}).get("calibration")
+        if tokens is None or self.trainer.sanity_checking:
+            return
+        scale, loss_raw, loss = fit_logit_scale(self.net, tokens, lanes=CALIBRATION_LANES)
+        self.net.logit_scale.fill_(scale)
+        self.log_dict({"calibration/logit_scale": scale, "calibration/loss_raw": loss_raw, "calibration/loss": loss},
+                      sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         self._log_stateful("test")

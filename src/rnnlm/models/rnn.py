@@ -78,6 +78,13 @@ class RNNLM(nn.Module):
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight
+        # Multiplies the logits outside training: 1 / the softmax temperature fitted on held-out
+        # text (data.calibration, see LanguageModel); 1 = uncalibrated. Saved with the weights.
+        self.register_buffer("logit_scale", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        state_dict.setdefault(prefix + "logit_scale", torch.ones(()))  # checkpoints from before calibration
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
@@ -91,7 +98,8 @@ class RNNLM(nn.Module):
             outputs, state = gru_cpu.gru_forward(self.rnn, inputs, state)  # fp32 CPU: see gru_cpu
         else:
             outputs, state = self.rnn(inputs, state)
-        return self.decoder(self.dropout(outputs)), state
+        logits = self.decoder(self.dropout(outputs))
+        return (logits if self.training else logits * self.logit_scale), state
 
     def memory_report(self) -> dict[str, int]:
         """Parameter counts worth logging, including the input matrix that grows with vocab."""

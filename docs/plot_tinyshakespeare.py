@@ -1,0 +1,77 @@
+"""Draw the README's plot: stateful val loss against training wall time, one line per run.
+
+    python docs/plot_tinyshakespeare.py "5-minute preset=outputs/.../run1" "15-minute preset=..." \
+        --out docs/tinyshakespeare_val_loss.png
+
+Each run dir is a training run with the CSV logger (``logger=csv``); a point is a validation:
+its ``val/loss_stateful`` at the ``time/elapsed_s`` logged at or just before that step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from rnnlm.report import _pyplot, find_metrics_csvs
+
+# Reference figures from the issue tracker (nats/char on the same split).
+REFERENCES = {"nanoGPT CPU recipe, 5 min: 1.593": 1.593, "nanoGPT 6-layer GPT, A100, ~3 min: 1.470": 1.4697}
+
+
+def stateful_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(minutes of training, stateful val loss) at each validation during fitting.
+
+    A validation's metrics carry the step before its ``time/elapsed_s`` (logged when it
+    ends); the re-validation of the best checkpoint after fitting, one step later than any
+    training step, is left out.
+    """
+    elapsed_at_step: dict[int, float] = {}
+    losses: dict[int, float] = {}
+    last_train_step = -1
+    for path in find_metrics_csvs(run_dir):
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                step = int(row["step"])
+                if row.get("time/elapsed_s"):
+                    elapsed_at_step[step] = float(row["time/elapsed_s"])
+                if row.get("val/loss_stateful"):
+                    losses[step] = float(row["val/loss_stateful"])
+                if row.get("train/loss"):
+                    last_train_step = max(last_train_step, step)
+    curve = []
+    for step, loss in sorted(losses.items()):
+        later = [s for s in elapsed_at_step if s >= step]
+        if step <= last_train_step and later:
+            curve.append((elapsed_at_step[min(later)] / 60, loss))
+    if not curve:
+        raise SystemExit(f"error: no val/loss_stateful with time/elapsed_s in {run_dir}/csv; train with logger=csv")
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
+    parser.add_argument("--out", type=Path, default=Path("docs/tinyshakespeare_val_loss.png"))
+    parser.add_argument("--machine", default="2-core CPU")
+    args = parser.parse_args()
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.0), dpi=100)
+    for spec in args.runs:
+        label, _, run_dir = spec.partition("=")
+        minutes, losses = zip(*stateful_curve(Path(run_dir)))
+        ax.plot(minutes, losses, marker="o", markersize=3, label=f"{label} (best {min(losses):.4f})")
+    for text, value in REFERENCES.items():
+        ax.axhline(value, color="grey", linestyle=":", linewidth=1)
+        ax.text(0.2, value + 0.004, text, fontsize=7, color="grey")
+    ax.set(xlabel=f"training wall time (minutes, {args.machine})", ylabel="val loss, stateful (nats/char)",
+           title="tiny-shakespeare, last 10% as validation", ylim=(1.40, 1.70))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
