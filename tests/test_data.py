@@ -114,11 +114,11 @@ def test_bad_settings_are_config_errors(corpus_file):
         CorpusDataModule(path=str(corpus_file), splits=[0.5, 0.5, 0.5])
 
 
-def test_calibration_is_cut_from_the_end_of_the_train_split(corpus_file):
+def test_calibration_is_cut_from_the_start_of_the_train_split(corpus_file):
     whole = make_dm(corpus_file)
     dm = make_dm(corpus_file, calibration=0.02)
     train, cal = dm.tokens["train"], dm.tokens["calibration"]
-    assert torch.equal(torch.cat([train, cal]), whole.tokens["train"])  # train, then calibration, then val
+    assert torch.equal(torch.cat([cal, train]), whole.tokens["train"])
     assert len(cal) == int(0.02 * sum(len(t) for t in whole.tokens.values()))
     assert torch.equal(dm.tokens["val"], whole.tokens["val"]) and dm.tokenizer.vocab == whole.tokenizer.vocab
     assert dm.stats["calibration_tokens"] == len(cal)

@@ -147,7 +147,7 @@ class CorpusDataModule(pl.LightningDataModule):
             )
         if isinstance(calibration, bool) or not isinstance(calibration, (int, float)) or not 0 <= calibration < splits[0]:
             raise ConfigError(
-                f"data.calibration={calibration!r}; give the fraction of the corpus held out from the end "
+                f"data.calibration={calibration!r}; give the fraction of the corpus held out from the start "
                 f"of the train split to fit the output temperature: 0 (off) up to below {splits[0]}, e.g. 0.01"
             )
         self.calibration = float(calibration)
@@ -185,10 +185,12 @@ class CorpusDataModule(pl.LightningDataModule):
         for i, split in enumerate(SPLITS):
             self.tokens[split] = ids[bounds[i] : bounds[i + 1]]
         if self.calibration:
-            # The end of the train region, never trained on: where the output temperature is fitted.
-            cut = len(self.tokens["train"]) - int(len(ids) * self.calibration)
-            self.tokens["calibration"] = self.tokens["train"][cut:]
-            self.tokens["train"] = self.tokens["train"][:cut]
+            # The start of the train region, never trained on: where the output temperature is
+            # fitted. Not its end: the text next to the validation split is the most useful to
+            # train on (on tiny-shakespeare, holding out that 1% instead cost 0.02 nats/char).
+            cut = int(len(ids) * self.calibration)
+            self.tokens["calibration"] = self.tokens["train"][:cut]
+            self.tokens["train"] = self.tokens["train"][cut:]
             if len(self.tokens["calibration"]) < CALIBRATION_MIN_TOKENS:
                 raise CorpusError(
                     f"data.calibration={self.calibration} holds {len(self.tokens['calibration'])} tokens, "

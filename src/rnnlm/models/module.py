@@ -142,7 +142,7 @@ class LanguageModel(pl.LightningModule):
         self._log_stateful("val")
 
     def _calibrate(self) -> None:
-        """Fit the logit scale (1 / softmax temperature) on the held-out end of the train split
+        """Fit the logit scale (1 / softmax temperature) on the held-out start of the train split
         (``data.calibration``), before this validation scores the model. An overfitting model
         is over-confident; this pass of ~1% of the data takes that back. Every rank fits the
         same scale on the same tokens."""
