@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,7 +84,7 @@ class RNNLM(nn.Module):
         # text (data.calibration, see LanguageModel); 1 = uncalibrated. Saved with the weights.
         self.register_buffer("logit_scale", torch.ones(()))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         state_dict.setdefault(prefix + "logit_scale", torch.ones(()))  # checkpoints from before calibration
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
