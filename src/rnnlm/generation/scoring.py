@@ -60,13 +60,13 @@ def fit_logit_scale(
     net's own ``logit_scale`` is set to 1 for the pass and left there: the caller sets it.
     """
     net.logit_scale.fill_(1.0)
-    scales = torch.tensor([1.0, *grid], dtype=torch.float32)
-    totals = torch.zeros(len(scales), dtype=torch.float64)
-    count = 0
+    scales = (1.0, *grid)
+    totals, count = torch.zeros(len(scales), dtype=torch.float64), 0
     for flat, target in _stateful_chunks(net, ids, lanes, chunk):
         picked = flat.gather(1, target[:, None]).squeeze(1)
-        for i, scale in enumerate(scales.tolist()):
-            totals[i] += float((torch.logsumexp(flat * scale, dim=-1) - picked * scale).sum())
+        # One scale at a time: [scales, tokens, vocab] at once would not fit for word vocabularies.
+        sums = torch.stack([(torch.logsumexp(flat * s, dim=-1) - picked * s).sum() for s in scales])
+        totals += sums.double().cpu()
         count += target.numel()
     losses = (totals / count)[1:]
     best = int(losses.argmin())
