@@ -1,3 +1,4 @@
+import csv
 import math
 import subprocess
 import sys
@@ -109,14 +110,29 @@ def test_stateful_evaluation_is_logged_next_to_per_window(trained):
 
 def test_stateful_evaluation_scores_the_averaged_weights(tmp_path, corpus_file):
     # decay=1 keeps the average at the weights after the first step, far behind the trained ones:
-    # both validation figures must score that average, not the weights being trained.
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.optimizer.lr=0.01", "test=false",
+    # validation, the test after fitting and the checkpoint must all hold that average.
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.optimizer.lr=0.01", "test=true",
                          "callbacks=ema", "callbacks.sample_text=null", "callbacks.ema.decay=1.0"], tmp_path)
     metrics, objects = train(cfg)
     assert metrics["train/loss"] < metrics["val/loss"] - 0.5, metrics
     assert metrics["val/loss_stateful"] == pytest.approx(metrics["val/loss"], abs=0.1)
+    assert metrics["test/loss_stateful"] == pytest.approx(metrics["val/loss_stateful"], abs=0.2)
     ckpt = torch.load(objects["last_ckpt"], weights_only=True)
     assert "current_model_state" in ckpt  # the averaged weights are the ones sampled from
+
+
+def test_averaged_weights_keep_the_fitted_logit_scale(tmp_path, corpus_file):
+    # The EMA averages buffers too; a checkpoint taken 5 steps after a validation must still
+    # hold the scale that validation fitted.
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
+                         "callbacks=ema", "callbacks.ema.decay=0.9", "callbacks.sample_text=null",
+                         "callbacks.periodic_checkpoint.every_n_train_steps=25"], tmp_path)
+    train(cfg)
+    rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
+    fitted = next(float(r["calibration/logit_scale"]) for r in rows if r.get("calibration/logit_scale") and r["step"] == "19")
+    ckpt = torch.load(tmp_path / "checkpoints" / "last-step000025.ckpt", weights_only=True)
+    assert fitted != pytest.approx(1.0, abs=0.05)
+    assert float(ckpt["state_dict"]["net.logit_scale"]) == pytest.approx(fitted)
 
 
 def test_calibration_fits_the_logit_scale_the_checkpoint_keeps(tmp_path, corpus_file):

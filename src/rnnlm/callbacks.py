@@ -152,3 +152,23 @@ class ValidateAtLastStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class EMAWeightAveraging(pl.callbacks.EMAWeightAveraging):
+    """Lightning's EMA of the weights, done with once fitting ends.
+
+    At the end of fitting the averaged weights are copied into the model (Lightning does
+    that). Lightning's callback would then, for the evaluation of the best checkpoint that
+    follows (``trainer.validate``/``test``), reload the raw weights saved beside the average
+    and test those; dropping the average after fitting makes both score the checkpoint's
+    averaged weights, as validation during training did.
+    """
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if stage == "fit":
+            self._average_model = None
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._average_model is not None:  # resuming a fit: restore the raw and the averaged weights
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

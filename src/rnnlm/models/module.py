@@ -58,6 +58,7 @@ class LanguageModel(pl.LightningModule):
         )
         self.carry_state = False  # set at fit start when the data comes in lanes
         self._train_state = None
+        self._fitted_scale: float | None = None  # the last logit scale data.calibration fitted
         self.val_loss_best = MinMetric()
 
     @staticmethod
@@ -152,6 +153,7 @@ class LanguageModel(pl.LightningModule):
             return
         scale, loss_raw, loss = fit_logit_scale(self.net, tokens, lanes=CALIBRATION_LANES)
         self.net.logit_scale.fill_(scale)
+        self._fitted_scale = scale
         self.log_dict({"calibration/logit_scale": scale, "calibration/loss_raw": loss_raw, "calibration/loss": loss},
                       sync_dist=True)
 
@@ -159,6 +161,10 @@ class LanguageModel(pl.LightningModule):
         self._log_stateful("test")
 
     def on_validation_epoch_end(self) -> None:
+        if self._fitted_scale is not None:
+            # A weight-averaging callback has swapped the training weights back by now, and it
+            # averages buffers too: they must hold the fitted scale, or the average drifts to 1.
+            self.net.logit_scale.fill_(self._fitted_scale)
         loss = self._log_split("val")
         if not self.trainer.sanity_checking:
             self.val_loss_best.update(torch.tensor(loss))
