@@ -10,10 +10,9 @@ its ``val/loss_stateful`` at the ``time/elapsed_s`` logged at or just before tha
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-from rnnlm.report import _pyplot, find_metrics_csvs
+from rnnlm.report import _pyplot, find_metrics_csvs, load_curve
 
 # Reference figures from the issue tracker (nats/char on the same split), and our targets.
 REFERENCES = {
@@ -31,24 +30,14 @@ def stateful_curve(run_dir: Path) -> list[tuple[float, float]]:
     ends); the re-validation of the best checkpoint after fitting, one step later than any
     training step, is left out.
     """
-    elapsed_at_step: dict[int, float] = {}
-    losses: dict[int, float] = {}
-    last_train_step = -1
-    for path in find_metrics_csvs(run_dir):
-        with path.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                step = int(row["step"])
-                if row.get("time/elapsed_s"):
-                    elapsed_at_step[step] = float(row["time/elapsed_s"])
-                if row.get("val/loss_stateful"):
-                    losses[step] = float(row["val/loss_stateful"])
-                if row.get("train/loss"):
-                    last_train_step = max(last_train_step, step)
+    paths = find_metrics_csvs(run_dir)
+    elapsed = load_curve(paths, "time/elapsed_s")
+    train_steps = [step for step, _ in load_curve(paths, "train/loss")]
     curve = []
-    for step, loss in sorted(losses.items()):
-        later = [s for s in elapsed_at_step if s >= step]
-        if step <= last_train_step and later:
-            curve.append((elapsed_at_step[min(later)] / 60, loss))
+    for step, loss in load_curve(paths, "val/loss_stateful"):
+        later = [seconds for s, seconds in elapsed if s >= step]
+        if train_steps and step <= train_steps[-1] and later:
+            curve.append((later[0] / 60, loss))
     if not curve:
         raise SystemExit(f"error: no val/loss_stateful with time/elapsed_s in {run_dir}/csv; train with logger=csv")
     return curve
