@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,30 @@ from omegaconf import DictConfig, open_dict
 from rnnlm.data.corpus import shakespeare_plays
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-os.environ.setdefault("WANDB_SILENT", "true")
+
+# Variables that change what our code, Lightning, Hydra or W&B do: a test must not inherit them
+# (a cluster job's SLURM_*/rank variables, HYDRA_FULL_ERROR=1 in a developer's shell, ...).
+INHERITED = re.compile(r"(SLURM|PL|WANDB|HYDRA|RNNLM|TORCHELASTIC|LIGHTNING)_\w*|LOCAL_RANK|NODE_RANK|GROUP_RANK|RANK"
+                       r"|WORLD_SIZE|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|JSM_NAMESPACE_\w*|OMPI_COMM_WORLD_\w*")
+HERMETIC_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same environment and working directory whoever started the suite, and how."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if INHERITED.fullmatch(n)]:
+            patch.delenv(name)
+        for name, value in HERMETIC_ENV.items():
+            patch.setenv(name, value)
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def hermetic_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own empty directory: relative paths (``outputs/``) land there."""
+    monkeypatch.chdir(tmp_path)
 
 TINY = [
     "model.hidden_size=48",
@@ -22,6 +47,7 @@ TINY = [
     "data.seq_len=32",
     "data.batch_size=16",
     "trainer=cpu",
+    "trainer.precision=32-true",  # the same arithmetic on every CPU; auto is tested on its own
     "trainer.max_steps=40",
     "trainer.max_time=null",
     "trainer.val_check_interval=20",

@@ -1,18 +1,19 @@
 """Resuming continues exactly: same data order, optimiser state and step as an unbroken run."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from rnnlm.train import train
 from tests.conftest import TINY, compose_train
-from tests.test_train import ROOT
+from tests.processes import ROOT, run_script, started
 
+KILL_RUN_STEPS = 3000
 RESUME = [*TINY, "test=false", "callbacks.sample_text=null", "trainer.val_check_interval=10",
           "callbacks.periodic_checkpoint.every_n_train_steps=5", "data.batch_size=8"]
 
@@ -22,9 +23,23 @@ def run(tmp_path, corpus_file, name, *extra):
     return train(cfg)
 
 
+class StopAtStep(pl.Callback):
+    """Ends fitting after ``step`` steps of a longer run, as an interruption would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
 def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
     full, _ = run(tmp_path, corpus_file, "full", "trainer.max_steps=30")
-    run(tmp_path, corpus_file, "broken", "trainer.max_steps=15")  # stops mid-epoch, after step 15
+    # Same config (so the same LR schedule over 30 steps), stopped mid-epoch after step 15.
+    _, broken = run(tmp_path, corpus_file, "broken", "trainer.max_steps=30",
+                    f"+callbacks.stop._target_={__name__}.StopAtStep", "+callbacks.stop.step=15")
+    assert broken["trainer"].global_step == 15
     ckpts = sorted(p.name for p in (tmp_path / "broken" / "checkpoints").glob("last*.ckpt"))
     assert "last-step000015.ckpt" in ckpts
     resumed, objects = run(tmp_path, corpus_file, "broken", "trainer.max_steps=30", "ckpt_path=last")
@@ -36,18 +51,25 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
 @pytest.mark.faults
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig):
-    """SIGKILL loses at most the steps since the periodic checkpoint; SIGTERM/SIGINT save one."""
+    """SIGKILL loses at most the steps since the periodic checkpoint; SIGTERM/SIGINT save one.
+
+    The child gets the default signal dispositions (tests.processes), so SIGINT interrupts it
+    even when the suite runs as a background job, which inherits SIGINT ignored."""
     out = tmp_path / "run"
+    # Enough steps that the signal lands mid-run, few enough that a child that ignored it ends on its own.
     args = [*(o for o in RESUME if not o.startswith("+")), "+trainer.limit_test_batches=4", f"data.path={corpus_file}",
-            "trainer.max_steps=100000", "trainer.val_check_interval=1000", "logger=csv", f"hydra.run.dir={out}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not list((out / "checkpoints").glob("last-step*.ckpt")) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.5)
-    os.kill(proc.pid, sig)
-    output, _ = proc.communicate(timeout=120)
+            f"trainer.max_steps={KILL_RUN_STEPS}", "trainer.val_check_interval=1000", "logger=csv", f"hydra.run.dir={out}"]
+    with started([sys.executable, str(ROOT / "train.py"), *args], tmp_path,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        deadline = time.monotonic() + 120
+        while not list((out / "checkpoints").glob("last-step*.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the run ended before the signal: raise KILL_RUN_STEPS"
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=120)
+    newest_step = max(int(p.stem[len("last-step"):]) for p in (out / "checkpoints").glob("last-step*.ckpt"))
+    assert newest_step < KILL_RUN_STEPS, output[-2000:]
     ckpts = {p.name for p in (out / "checkpoints").glob("last*.ckpt")}
     assert ckpts, output[-2000:]
     if sig != signal.SIGKILL:
@@ -55,8 +77,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig)
         assert "resume with resume_dir=" in output
     newest = max((out / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     step = torch.load(newest, weights_only=True)["global_step"]
-    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), *args[:-1], f"resume_dir={out}",
-                              f"trainer.max_steps={step + 5}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = run_script("train.py", *args[:-1], f"resume_dir={out}", f"trainer.max_steps={step + 5}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Restoring states from the checkpoint path at {newest}" in resumed.stdout + resumed.stderr
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 5

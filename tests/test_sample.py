@@ -1,7 +1,6 @@
 import json
 import pickle
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.generation import score_ids
 from rnnlm.sampling import sample
 from tests.conftest import CONF_DIR
-from tests.test_train import ROOT
+from tests.processes import run_script
 
 
 def sample_cfg(tmp_path, *overrides):
@@ -143,24 +142,15 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, trained):
 @pytest.mark.slow
 def test_sample_cli_and_temperature_multirun(tmp_path, trained):
     ckpt = trained["objects"]["best_ckpt"]
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), f"ckpt={ckpt}", "length=40", f"hydra.run.dir={tmp_path}/one"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    run = run_script("sample.py", f"ckpt={ckpt}", "length=40", f"hydra.run.dir={tmp_path}/one", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "distinct-1/2/3" in run.stdout and (tmp_path / "one" / "result.json").is_file()
-    sweep = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), "-m", f"ckpt={ckpt}", "length=20", "temperature=0.5,1.0",
-         f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    sweep = run_script("sample.py", "-m", f"ckpt={ckpt}", "length=20", "temperature=0.5,1.0",
+                       f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     temps = sorted(json.loads((tmp_path / "sweep" / str(i) / "result.json").read_text())["settings"]["temperature"] for i in (0, 1))
     assert temps == [0.5, 1.0]
-    missing = subprocess.run(
-        [sys.executable, str(ROOT / "sample.py"), "ckpt=nope.ckpt", f"hydra.run.dir={tmp_path}/bad"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )
+    missing = run_script("sample.py", "ckpt=nope.ckpt", f"hydra.run.dir={tmp_path}/bad", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: checkpoint")
 
 

@@ -1,20 +1,17 @@
 """Scale-out paths on the CPU: 2-process DDP, multirun launchers, Optuna."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from tests.test_train import ROOT
+from tests.processes import run_script
 
 FAST = ["debug=fast", "trainer.max_steps=10", "trainer.val_check_interval=5", "callbacks.sample_text.every_n_steps=5"]
 
 
 def run(args, cwd, timeout=400):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
-                            text=True, timeout=timeout)
+    result = run_script("train.py", *args, cwd=cwd, timeout=timeout)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     return result
 
