@@ -1,5 +1,6 @@
 """Bad input and faults: each gets a clear message, and no training work is lost."""
 
+import contextlib
 import math
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from rnnlm.errors import ConfigError, RnnlmError
 from rnnlm.models import LanguageModel
 from rnnlm.train import check_writable, train
 from tests.conftest import TINY, compose_train
-from tests.test_train import ROOT
+from tests.processes import ROOT, started
 
 
 def test_config_typo_names_the_key(tmp_path, corpus_file):
@@ -84,11 +85,11 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
         while True:
             _atomic_save({{"generation": 2, "w": torch.randn(50_000_000)}}, {str(path)!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    time.sleep(1.5)  # ~200 MB per write: killed in the middle of one
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with started([sys.executable, "-c", writer], tmp_path, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout.readline().strip() == "writing"
+        time.sleep(1.5)  # ~200 MB per write: killed in the middle of one
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["generation"] in (1, 2) and math.isfinite(float(ckpt["w"].sum()))
 
@@ -97,9 +98,12 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
 def test_runs_started_together_get_their_own_dirs(tmp_path, corpus_file):
     args = [sys.executable, str(ROOT / "train.py"), "debug=fast", "trainer.max_steps=4", "test=false",
             f"data.path={corpus_file}", "callbacks.sample_text=null"]
-    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(started(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                 for _ in range(2)]
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=300)
+            assert proc.returncode == 0, stderr[-2000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 2
     assert all((run / "checkpoints" / "last.ckpt").is_file() for run in runs)
@@ -111,5 +115,5 @@ def test_settings_that_cannot_work_are_refused(corpus_file):
     with pytest.raises(ConfigError, match="data.order=lanes needs windows that follow each other"):
         CorpusDataModule(path=str(corpus_file), order="lanes", stride=64, seq_len=128)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    with pytest.raises(ConfigError, match=r"total_steps \(-1\) > warmup_steps"):
+    with pytest.raises(ConfigError, match=r"decays over trainer.max_steps, which is -1; set trainer.max_steps"):
         warmup_cosine(opt, total_steps=-1, warmup_steps=50)

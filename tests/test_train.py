@@ -1,17 +1,15 @@
 import csv
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from rnnlm import runtime
 from rnnlm.checkpoint import load_model
 from rnnlm.train import train
 from tests.conftest import CONF_DIR, TINY, compose_train
-
-ROOT = Path(CONF_DIR).parent
+from tests.processes import run_script as run_cli
 
 
 def unigram_entropy(tokens: torch.Tensor) -> float:
@@ -29,6 +27,39 @@ def test_training_beats_the_unigram_entropy(trained):
     assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-4)
     assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-4)
     assert 0 < metrics["val/acc"] < 1 and metrics["val/loss_best"] <= metrics["val/loss"] + 1e-6
+
+
+def test_learning_rate_decays_to_the_last_step(trained):
+    cfg, trainer = trained["objects"]["cfg"], trained["objects"]["trainer"]
+    assert trainer.global_step == cfg.trainer.max_steps
+    final_lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert final_lr == pytest.approx(cfg.model.optimizer.lr * cfg.model.scheduler.min_ratio, rel=1e-3)
+
+
+def test_default_run_is_budgeted_in_steps(tmp_path):
+    cfg = compose_train([], tmp_path)
+    assert cfg.trainer.max_steps > 0 and cfg.model.scheduler.total_steps == cfg.trainer.max_steps
+    assert cfg.trainer.precision == "auto"
+
+
+@pytest.mark.parametrize("cell, native, expected", [("lstm", True, "bf16-mixed"), ("lstm", False, "32-true"),
+                                                     ("gru", True, "32-true")])
+def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, corpus_file, monkeypatch, cell, native, expected):
+    """bf16 needs native CPU support to pay; the CPU GRU path is fp32 only."""
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=auto", f"model.cell={cell}",
+                         "trainer.max_steps=4", "trainer.val_check_interval=4", "test=false",
+                         "callbacks.sample_text=null"], tmp_path)
+    _, objects = train(cfg)
+    assert objects["trainer"].precision == expected
+
+
+def test_native_bf16_is_read_from_the_cpu():
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags to compare with")
+    assert runtime.native_cpu_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def test_checkpoint_is_plain_data_and_round_trips(trained):
@@ -74,10 +105,6 @@ def test_every_config_composes(tmp_path, group, option, corpus_file):
     overrides = [f"{group}={option}", f"data.path={corpus_file}"]
     cfg = compose_train(overrides, tmp_path)
     assert cfg.model._target_ and cfg.trainer._target_ and cfg.data._target_
-
-
-def run_cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow

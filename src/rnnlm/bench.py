@@ -578,7 +578,7 @@ def measure_sampling(plan: Plan, vocab_size: int, prompt: Sequence[int]) -> dict
     beam = rate(lambda: len(generate(net, prompt, plan.beam_length, 1, DecodeSettings(strategy="beam", beam_width=5)).tokens[0]))
     naive = rate(lambda: len(naive_generate(net, prompt, plan.naive_steps)))
     stateful_same = rate(lambda: len(generate(net, prompt, plan.naive_steps, 1, sample, seed=0).tokens[0]))
-    # One thread: with two, threads wait on each other for the tiny per-token ops.
+    # One thread: with more, threads wait on each other for the tiny per-token ops.
     with _threads(1):
         b1_one_thread = rate(lambda: len(generate(net, prompt, plan.sample_length, 1, sample, seed=0).tokens[0]))
     return {
@@ -663,8 +663,8 @@ def measure_lesson(plan: Plan) -> dict[str, Any]:
     loader = DataLoader(WindowDataset(train_ids, T, T), batch_size=64, shuffle=True, drop_last=True, collate_fn=keep_batch)
     ours = _train_for(plan.lesson_seconds, ours_net, _cycle(loader))
 
-    # Scoring runs one token per time step at batch 1: on one thread, so that the two threads
-    # do not wait on each other at every step of the (possibly shared) machine.
+    # Scoring runs one token per time step at batch 1: on one thread, so that threads do not
+    # wait on each other at every step of the (possibly shared) machine.
     with torch.no_grad(), _threads(1):
         lesson_bpc = score_ids(lesson_net, heldout)["bpc"]
         ours_bpc = score_ids(ours_net, heldout)["bpc"]

@@ -1,4 +1,4 @@
-"""Process-wide settings that make CPU training faster, applied once at start-up."""
+"""Process-wide settings and device facts that decide how fast training runs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import ctypes.util
 import logging
 import os
 import sys
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,8 @@ def keep_freed_memory() -> bool:
 
     PyTorch frees and re-allocates the same large activation buffers every step; by default
     glibc maps blocks over 128 KiB with ``mmap`` and hands them straight back, and the next step pays
-    page faults to get them again (30-80% of a training step on a 2-core CPU). Serving them from the
+    page faults (and the kernel's zeroing of each fresh page) to get them again, a large share of a
+    short step on few cores (see docs/performance.md). Serving them from the
     heap and never trimming it keeps those pages mapped. Set ``RNNLM_MALLOC_TUNING=0`` to
     turn it off; a no-op off glibc. Returns whether the setting is active.
     """
@@ -45,3 +48,44 @@ def keep_freed_memory() -> bool:
     _applied = ok
     log.debug("glibc malloc tuning %s", "applied" if ok else "refused")
     return ok
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), per torch's cpuinfo.
+
+    Without it oneDNN emulates bf16 in fp32 and conversions, which makes bf16-mixed slower
+    than fp32; with it one bf16 instruction does twice the multiply-adds of an fp32 one (more
+    with AMX tiles) and moves half the bytes.
+    """
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def auto_precision(accelerator: str, cell: str = "lstm") -> tuple[str, str]:
+    """The fastest safe ``Trainer(precision=...)`` for ``accelerator`` and ``cell``, and why.
+
+    bf16-mixed where the device computes bf16 natively (recent CPUs, Ampere+ GPUs), full
+    fp32 elsewhere: emulated bf16 costs time, and fp16 would need loss scaling. A GRU on the
+    CPU trains in fp32 whatever the CPU: its fast path (``rnnlm.models.gru_cpu``) is fp32
+    only, and ``nn.GRU`` under bf16 autocast is slower than that path in fp32.
+    """
+    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        if torch.cuda.is_available() and _cuda_native_bf16():
+            return "bf16-mixed", "the GPU supports bf16"
+        return "32-true", "the GPU has no bf16"
+    if accelerator not in ("cpu", "auto"):
+        return "32-true", f"no bf16 rule for accelerator={accelerator}"
+    if cell == "gru":
+        return "32-true", "the CPU GRU path is fp32"
+    if native_cpu_bf16():
+        return "bf16-mixed", "the CPU has native bf16: AVX512-BF16 or AMX"
+    return "32-true", "the CPU has no native bf16"
+
+
+def _cuda_native_bf16() -> bool:
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no emulation flag and reports native support only
+        return torch.cuda.is_bf16_supported()

@@ -21,7 +21,7 @@ from rnnlm.callbacks import sample_texts
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.errors import RnnlmError
 from rnnlm.models.module import LanguageModel
-from rnnlm.runtime import keep_freed_memory
+from rnnlm.runtime import auto_precision, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ def build(config: DictConfig, **kwargs: Any) -> Any:
         if isinstance(err.__cause__, RnnlmError):
             raise err.__cause__ from None
         raise
+
+
+def resolve_precision(cfg: DictConfig) -> None:
+    """``trainer.precision=auto``: bf16-mixed where it is faster (see ``auto_precision``), else fp32."""
+    if str(cfg.trainer.get("precision")) == "auto":
+        precision, reason = auto_precision(str(cfg.trainer.get("accelerator", "auto")), str(cfg.model.get("cell", "lstm")))
+        cfg.trainer.precision = precision
+        log.info("trainer.precision=auto: %s (%s)", precision, reason)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -127,6 +135,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         with open_dict(cfg):
             cfg.logger.wandb.update(wandb_settings(cfg, output_dir))
 
+    resolve_precision(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks"))

@@ -101,8 +101,9 @@ def sample_one(probs: torch.Tensor, generator: torch.Generator | None) -> torch.
 
     It is the race ``multinomial`` itself runs for one sample (argmax of p / q with
     q ~ Exp(1), the same random numbers, so seeded output is unchanged), without the
-    validation it adds, which costs three reductions and two host syncs per call (half the
-    time of a batch-1 decoding step's sampling). ``probs`` here come from a softmax.
+    validation it adds, which costs three reductions and two host syncs per call: at batch 1,
+    where the arithmetic is tiny, that fixed cost dominates sampling (see docs/performance.md).
+    ``probs`` here come from a softmax.
     """
     race = torch.empty_like(probs).exponential_(generator=generator)
     return torch.div(probs, race, out=race).argmax(-1)

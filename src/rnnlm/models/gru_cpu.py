@@ -2,10 +2,10 @@
 
 Why: ``nn.LSTM`` trains on the CPU through one fused oneDNN kernel per layer, but ``nn.GRU``
 has none (oneDNN's GRU is not wired into PyTorch). Its fallback runs the cell step by step,
-and its backward computes the recurrent weight gradient as 2 x 128 small products per
-batch of 128-token windows; profiled on the 2 x 512 benchmark model, 86% of a step went to
-``aten::mm``/``aten::addmm`` (775 calls) and the GRU took 1.96x the LSTM's time per token
-for 0.75x its FLOPs.
+and its backward computes the recurrent weight gradient as two small products per time step
+instead of one large one: a step becomes a long run of skinny ``aten::mm``/``aten::addmm``
+calls that keep the cores poorly fed, so the GRU trains slower per token than the LSTM
+despite fewer FLOPs (3 gates to 4; see docs/performance.md).
 
 Here only what must be sequential is: per time step one product ``h @ W_hh.T`` forward and
 one ``dgates @ W_hh`` backward, on oneDNN-packed weights. Everything else is one large
@@ -48,8 +48,8 @@ def usable(rnn: nn.Module, x: torch.Tensor) -> bool:
 
 
 def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.T`` for large fp32 products (any strides): oneDNN where usable, which runs at
-    twice MKL's ``mm`` speed on the AMD dev machine (450 against 199 GFLOP/s), else ``mm``."""
+    """``a @ b.T`` for large fp32 products (any strides): oneDNN where usable, whose kernels can
+    outrun MKL's ``mm`` (the benchmark measures both; docs/performance.md), else ``mm``."""
     if onednn_usable(b):
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return a @ b.T

@@ -2,9 +2,9 @@
 
 On a CPU with oneDNN the weight is packed once in oneDNN's blocked layout
 (``_reorder_linear_weight``/``_linear_pointwise``, what ``torch.compile`` uses for frozen CPU
-linears). For the skinny products of recurrent steps that is faster than MKL's ``addmm``
-here: sampling the 2 x 512 LSTM (1 and 32 rows) ran 1.4x and 2.4x faster with it in the
-benchmark (README "Performance"). Elsewhere (GPU, builds
+linears). For the skinny products of recurrent steps that beats MKL's ``addmm``, which
+re-packs the weight into its blocked panels on every call: here that happens once, with a
+blocking chosen for the expected number of rows (see docs/performance.md). Elsewhere (GPU, builds
 without oneDNN, ``torch.backends.mkldnn.flags(enabled=False)``) it is ``addmm`` on a
 pre-transposed weight.
 """

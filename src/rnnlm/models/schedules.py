@@ -13,14 +13,16 @@ from rnnlm.errors import ConfigError
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0
 ) -> LambdaLR:
-    """Linear warm-up to the base LR over ``warmup_steps``, then a cosine decay to
-    ``min_ratio`` x base LR at ``total_steps`` (held there afterwards)."""
+    """Linear warm-up to the base LR over ``warmup_steps`` (at most a quarter of the run, so
+    a short run still decays), then a cosine decay to ``min_ratio`` x base LR at
+    ``total_steps`` (held there afterwards)."""
 
-    if total_steps <= warmup_steps:
+    if total_steps < 1:
         raise ConfigError(
-            f"the cosine schedule needs total_steps ({total_steps}) > warmup_steps ({warmup_steps}); "
-            "set trainer.max_steps (it cannot be -1 with model/scheduler=cosine)"
+            f"the cosine schedule decays over trainer.max_steps, which is {total_steps}; "
+            "set trainer.max_steps to the run's length in steps, or pass model.scheduler=null for a constant LR"
         )
+    warmup_steps = min(warmup_steps, total_steps // 4)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
