@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: env train sample test test-fast lint bench clean
+.PHONY: env train sample test lint bench clean
 
 env: $(VENV)/.installed
 

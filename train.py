@@ -1,11 +1,10 @@
 """Train a recurrent language model: ``python train.py [hydra overrides]``."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from rnnlm.cli import quote_text_overrides, run_task
+from rnnlm.cli import run_task
+from rnnlm.overrides import quote_argv
 from rnnlm.train import summary, train
 
 
@@ -15,5 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.argv = quote_text_overrides(sys.argv)
+    quote_argv()
     main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from rnnlm.data.corpus import shakespeare_plays
+from tests.processes import HERMETIC_ENV, INHERITED
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-# Variables that change what our code, Lightning, Hydra or W&B do: a test must not inherit them
-# (a cluster job's SLURM_*/rank variables, HYDRA_FULL_ERROR=1 in a developer's shell, ...).
-INHERITED = re.compile(r"(SLURM|PL|WANDB|HYDRA|RNNLM|TORCHELASTIC|LIGHTNING)_\w*|LOCAL_RANK|NODE_RANK|GROUP_RANK|RANK"
-                       r"|WORLD_SIZE|LOCAL_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|JSM_NAMESPACE_\w*|OMPI_COMM_WORLD_\w*")
-HERMETIC_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,6 +33,7 @@ def hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
 def hermetic_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs in its own empty directory: relative paths (``outputs/``) land there."""
     monkeypatch.chdir(tmp_path)
+
 
 TINY = [
     "model.hidden_size=48",

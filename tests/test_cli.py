@@ -1,32 +1,56 @@
-"""Any text on the command line: overrides Hydra's grammar cannot read unquoted are quoted."""
+"""Any text on the command line: overrides Hydra cannot read as typed are quoted for it."""
 
 import json
+import random
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from rnnlm.cli import quote_text_overrides
+from rnnlm.errors import ConfigError
+from rnnlm.overrides import quote_text_overrides, quote_value
 from rnnlm.train import train
 from tests.conftest import TINY, compose_train
 from tests.processes import run_script
 
-TEXTS = ["循环", "ROMEO: 你好", "héllo, wörld", "\n", "tab\there", "It's 循", "循\\", "循\\'x", "a\\\\'b 循", "${x} 循",
-         "循=环", "Ελληνικά [1,2]", "emoji 🙂"]
+# Text Hydra cannot take unquoted (or would change), without a sweep's comma, brackets or ${.
+TEXTS = ["循环", "ROMEO: 你好", "héllo wörld", "\n", "\t", " tab\there ", "It's 循", "it's", "O! say #1; a=b",
+         "循\\", "循\\'x", "a\\\\'b 循", "x\\\n", "循=环", "ROMEO (aside): 你好", "emoji 🙂", "say \"hi\""]
+SYNTAX = ["循环,你好", "O, Juliet 循", "[循环]", "{a: 循}", "${x} 循", "choice(循,环)"]
+
+
+def resolve(override: str) -> object:
+    """What a config holds after Hydra parses ``override`` and OmegaConf resolves it."""
+    value = OverridesParser.create().parse_override(override).value()
+    return OmegaConf.create({"v": value}).v
+
+
+def test_quoted_values_resolve_to_the_text():
+    rng = random.Random(0)
+    alphabet = ["\\", "'", '"', "$", "{", "}", "$", "a", " ", "\n", "\t", ",", "循", "=", "(", ")", "["]
+    texts = [*TEXTS, *SYNTAX, *("".join(rng.choices(alphabet, k=rng.randint(1, 12))) for _ in range(2000))]
+    for text in texts:
+        assert resolve(f"prompt={quote_value(text)}") == text, repr(text)
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_text_reaches_the_config_unchanged(text):
     (override,) = quote_text_overrides([f"prompt={text}"])
-    parsed = OverridesParser.create().parse_override(override)
-    cfg = OmegaConf.create({"prompt": parsed.value()})
-    assert cfg.prompt == text
+    assert resolve(override) == text
+
+
+@pytest.mark.parametrize("text", SYNTAX)
+def test_text_with_hydra_syntax_is_refused_with_the_quoted_form(text):
+    with pytest.raises(ConfigError, match="quote it: prompt=") as err:
+        quote_text_overrides([f"prompt={text}"])
+    suggested = str(err.value).split("quote it: ", 1)[1].split(" (in a sweep", 1)[0]
+    assert resolve(suggested) == text
 
 
 def test_what_hydra_reads_is_left_alone():
-    argv = ["train.py", "-m", "model.hidden_size=64,128", "prompt=ROMEO:", "stop=null", "+tags=[a,b]",
-            "prompt='quoted 循环'", "data.path=${oc.env:HOME}/x", "--cfg", "job"]
-    assert quote_text_overrides(argv) == argv
+    args = ["-m", "model.hidden_size=64,128", "prompt=ROMEO:", "stop=null", "+tags=[a,b]", "prompt='quoted 循环'",
+            "prompt=\"dq 你好\"", "data.path=${oc.env:HOME}/x", "-cd", "/d/a=é", "--cfg", "job", "hydra.run.dir=out/a b"]
+    assert quote_text_overrides(args) == args
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +73,24 @@ def test_sample_cli_takes_any_prompt(tmp_path, chinese_ckpt, prompt):
     record = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert record["settings"]["prompt"] == prompt and record["settings"]["stop"] == "。"
     assert record["samples"][0]["text"].startswith(prompt)
+
+
+@pytest.mark.slow
+def test_ambiguous_text_is_one_line(tmp_path):
+    result = run_script("sample.py", "prompt=循环,你好", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: Hydra cannot read 'prompt=循环,你好': unquoted, it takes only ASCII letters, digits and a few "
+        "signs, and ',', brackets and '${' are its syntax; if the value is text, quote it: prompt='循环,你好' "
+        "(in a sweep or list, quote each item: -m \"prompt='a','b'\")"]
+
+
+@pytest.mark.slow
+def test_train_cli_takes_a_non_ascii_corpus_path(tmp_path, corpus_text):
+    corpus = tmp_path / "pièces de théâtre" / "josé.txt"
+    corpus.parent.mkdir()
+    corpus.write_text(corpus_text[:40_000], encoding="utf-8")
+    result = run_script("train.py", "debug=fast", "trainer=cpu", "trainer.max_steps=4", "test=false",
+                        "callbacks.sample_text=null", f"data.path={corpus}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

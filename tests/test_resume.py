@@ -68,10 +68,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig)
         assert proc.poll() is None, "the run ended before the signal: raise KILL_RUN_STEPS"
         proc.send_signal(sig)
         output, _ = proc.communicate(timeout=120)
-    newest_step = max(int(p.stem[len("last-step"):]) for p in (out / "checkpoints").glob("last-step*.ckpt"))
-    assert newest_step < KILL_RUN_STEPS, output[-2000:]
     ckpts = {p.name for p in (out / "checkpoints").glob("last*.ckpt")}
     assert ckpts, output[-2000:]
+    newest_step = max(int(p.stem[len("last-step"):]) for p in (out / "checkpoints").glob("last-step*.ckpt"))
+    assert newest_step < KILL_RUN_STEPS, output[-2000:]
     if sig != signal.SIGKILL:
         assert "last-interrupted.ckpt" in ckpts, output[-2000:]
         assert "resume with resume_dir=" in output

@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, corpus_file, m
                          "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
     assert objects["trainer"].precision == expected
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == expected
 
 
 def test_native_bf16_is_read_from_the_cpu():

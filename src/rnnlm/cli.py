@@ -3,51 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
 
 from rnnlm.errors import RnnlmError
-
-
-def quote_value(value: str) -> str:
-    """``value`` as a single-quoted Hydra string that parses back to exactly ``value``.
-
-    Inside quotes Hydra reads ``\\'`` as a quote and backslashes literally, except a run of
-    them right before a quote (or the closing quote), which must be doubled; ``${`` would be
-    an interpolation, so it is escaped as ``\\${``.
-    """
-    value = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    value = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, value)
-    return "'" + value.replace("${", "\\${") + "'"
-
-
-def quote_text_overrides(argv: Sequence[str]) -> list[str]:
-    """Quote the values of ``key=value`` overrides that Hydra's grammar cannot read unquoted
-    because they hold text: any non-ASCII or control character (``prompt=循环``,
-    ``data.path=/home/josé/corpus.txt``, ``stop=$'\\n'``).
-
-    Hydra's lexer accepts only ASCII outside quotes and fails before any of our code runs;
-    quoting what it would refuse makes such text a plain string. Overrides Hydra parses are
-    left alone, so sweeps (``-m a=1,2``), ``null`` and interpolations keep their meaning.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    quoted = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if sep and not arg.startswith("-") and re.search(r"[^\x20-\x7e]", value):
-            try:
-                parser.parse_override(arg)
-            except HydraException:
-                arg = f"{key}={quote_value(value)}"
-        quoted.append(arg)
-    return quoted
 
 
 def _in_multirun() -> bool:

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import subprocess
 import sys
 
 import torch
@@ -84,8 +85,23 @@ def auto_precision(accelerator: str, cell: str = "lstm") -> tuple[str, str]:
     return "32-true", "the CPU has no native bf16"
 
 
-def _cuda_native_bf16() -> bool:
+def cuda_bf16_here() -> bool:
+    """Whether GPU 0 computes bf16 natively, asked in this process (initialises CUDA)."""
     try:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # torch < 2.4 has no emulation flag and reports native support only
         return torch.cuda.is_bf16_supported()
+
+
+def _cuda_native_bf16() -> bool:
+    """:func:`cuda_bf16_here`, asked in a child process unless CUDA is already up here: querying
+    a device initialises CUDA, and Lightning's fork-based strategies (``ddp_fork``,
+    ``ddp_notebook``) refuse to start once it is."""
+    if torch.cuda.is_initialized():
+        return cuda_bf16_here()
+    code = "from rnnlm.runtime import cuda_bf16_here; print(cuda_bf16_here())"
+    try:
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.stdout.strip() == "True"

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from rnnlm.callbacks import sample_texts
@@ -53,7 +53,8 @@ def resolve_precision(cfg: DictConfig) -> None:
     """``trainer.precision=auto``: bf16-mixed where it is faster (see ``auto_precision``), else fp32."""
     if str(cfg.trainer.get("precision")) == "auto":
         precision, reason = auto_precision(str(cfg.trainer.get("accelerator", "auto")), str(cfg.model.get("cell", "lstm")))
-        cfg.trainer.precision = precision
+        with read_write(cfg.trainer):
+            cfg.trainer.precision = precision
         log.info("trainer.precision=auto: %s (%s)", precision, reason)
 
 
@@ -164,7 +165,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
     if trainer.is_global_zero:
         # Final numbers as plain JSON next to the checkpoints: what `rnnlm.report` collects.
-        record = {"metrics": metrics, "global_step": trainer.global_step, "best_ckpt": best, "interrupted": trainer.interrupted}
+        record = {"metrics": metrics, "global_step": trainer.global_step, "best_ckpt": best, "interrupted": trainer.interrupted,
+                  "precision": str(trainer.precision)}
         (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
     objects = {
         "cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
