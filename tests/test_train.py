@@ -44,9 +44,9 @@ def test_default_run_is_budgeted_in_steps(tmp_path):
 
 
 @pytest.mark.parametrize("cell, native, expected", [("lstm", True, "bf16-mixed"), ("lstm", False, "32-true"),
-                                                     ("gru", True, "32-true")])
+                                                     ("gru", True, "32-true"), ("rnn", True, "32-true")])
 def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, corpus_file, monkeypatch, cell, native, expected):
-    """bf16 needs native CPU support to pay; the CPU GRU path is fp32 only."""
+    """bf16 needs native CPU support to pay, and pays on the CPU for the LSTM only."""
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=auto", f"model.cell={cell}",
                          "trainer.max_steps=4", "trainer.val_check_interval=4", "test=false",

@@ -67,9 +67,10 @@ def auto_precision(accelerator: str, cell: str = "lstm") -> tuple[str, str]:
     """The fastest safe ``Trainer(precision=...)`` for ``accelerator`` and ``cell``, and why.
 
     bf16-mixed where the device computes bf16 natively (recent CPUs, Ampere+ GPUs), full
-    fp32 elsewhere: emulated bf16 costs time, and fp16 would need loss scaling. A GRU on the
-    CPU trains in fp32 whatever the CPU: its fast path (``rnnlm.models.gru_cpu``) is fp32
-    only, and ``nn.GRU`` under bf16 autocast is slower than that path in fp32.
+    fp32 elsewhere: emulated bf16 costs time, and fp16 would need loss scaling. On the CPU
+    only the LSTM gains from bf16, through ``nn.LSTM``'s fused oneDNN kernel; the GRU's fast
+    path (``rnnlm.models.gru_cpu``) is fp32 only, and ``nn.GRU``/``nn.RNN`` under bf16
+    autocast run step by step, slower than in fp32 (docs/performance.md).
     """
     use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -78,8 +79,8 @@ def auto_precision(accelerator: str, cell: str = "lstm") -> tuple[str, str]:
         return "32-true", "the GPU has no bf16"
     if accelerator not in ("cpu", "auto"):
         return "32-true", f"no bf16 rule for accelerator={accelerator}"
-    if cell == "gru":
-        return "32-true", "the CPU GRU path is fp32"
+    if cell != "lstm":
+        return "32-true", f"the CPU {cell.upper()} trains faster in fp32"
     if native_cpu_bf16():
         return "bf16-mixed", "the CPU has native bf16: AVX512-BF16 or AMX"
     return "32-true", "the CPU has no native bf16"
