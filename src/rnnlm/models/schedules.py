@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from rnnlm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(
@@ -22,7 +25,9 @@ def warmup_cosine(
             f"the cosine schedule decays over trainer.max_steps, which is {total_steps}; "
             "set trainer.max_steps to the run's length in steps, or pass model.scheduler=null for a constant LR"
         )
-    warmup_steps = min(warmup_steps, total_steps // 4)
+    if warmup_steps > total_steps // 4:
+        log.info("warm-up shortened from %d to %d steps, a quarter of the run's %d", warmup_steps, total_steps // 4, total_steps)
+        warmup_steps = total_steps // 4
 
     def factor(step: int) -> float:
         if step < warmup_steps:
