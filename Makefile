@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+TORCH_INDEX ?= # e.g. https://download.pytorch.org/whl/cpu where the default index would give a CUDA build
 
 .PHONY: env train sample test lint bench clean
 
@@ -12,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=python3"; exit 2; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0   # the CPU build; a bare `torch` would pull CUDA (GBs)
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))   # pinned first: a bare `torch` from PyPI pulls a CUDA build (GBs)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
