@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from rnnlm.data.corpus import shakespeare_plays
-from tests.processes import HERMETIC_ENV, INHERITED
+from tests.processes import hermetic_env
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -20,10 +20,11 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The same environment and working directory whoever started the suite, and how."""
+    clean = hermetic_env()
     with pytest.MonkeyPatch.context() as patch:
-        for name in [n for n in os.environ if INHERITED.fullmatch(n)]:
+        for name in set(os.environ) - set(clean):
             patch.delenv(name)
-        for name, value in HERMETIC_ENV.items():
+        for name, value in clean.items():
             patch.setenv(name, value)
         patch.chdir(tmp_path_factory.mktemp("cwd"))
         yield

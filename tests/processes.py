@@ -82,8 +82,9 @@ def run(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as err:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()  # what it wrote before it was killed
             raise AssertionError(f"{err}; its output ended with:\n{stdout[-2000:]}\n{stderr[-3000:]}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 

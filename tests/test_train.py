@@ -58,7 +58,8 @@ def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, corpus_file, m
 
 def test_native_bf16_is_read_from_the_cpu():
     try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
     except (OSError, StopIteration):
         pytest.skip("no /proc/cpuinfo flags to compare with")
     assert runtime.native_cpu_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
