@@ -1,12 +1,8 @@
 """Bad input and faults: each gets a clear message, and no training work is lost."""
 
 import contextlib
-import math
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 
 import pytest
 import torch
@@ -15,7 +11,8 @@ from hydra.errors import ConfigCompositionException
 from rnnlm.data import CorpusDataModule
 from rnnlm.errors import ConfigError, RnnlmError
 from rnnlm.models import LanguageModel
-from rnnlm.train import check_writable, train
+from rnnlm.rundir import check_writable
+from rnnlm.train import train
 from tests.conftest import TINY, compose_train
 from tests.processes import ROOT, started
 
@@ -27,7 +24,7 @@ def test_config_typo_names_the_key(tmp_path, corpus_file):
 
 @pytest.mark.parametrize(
     "override, match",
-    [("model.hidden_size=abc", r"model.hidden_size='abc'; it must be a positive integer"),
+    [("model.hidden_size=abc", r"model.hidden_size='abc' is not allowed: it must be an integer >= 1"),
      ("model.cell=transformer", r"model.cell='transformer'; use one of \['gru', 'lstm', 'rnn'\]")],
 )
 def test_wrong_values_name_the_allowed_ones(tmp_path, corpus_file, override, match):
@@ -74,27 +71,6 @@ def test_huge_vocabulary_is_capped_and_one_hot_refused(tmp_path):
 
 
 @pytest.mark.faults
-def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
-    """Checkpoints go through Lightning's atomic save (temp file + rename)."""
-    path = tmp_path / "last.ckpt"
-    torch.save({"generation": 1, "w": torch.ones(3)}, path)
-    writer = textwrap.dedent(f"""
-        import torch
-        from lightning_fabric.utilities.cloud_io import _atomic_save
-        print("writing", flush=True)
-        while True:
-            _atomic_save({{"generation": 2, "w": torch.randn(50_000_000)}}, {str(path)!r})
-    """)
-    with started([sys.executable, "-c", writer], tmp_path, stdout=subprocess.PIPE) as proc:
-        assert proc.stdout.readline().strip() == "writing"
-        time.sleep(1.5)  # ~200 MB per write: killed in the middle of one
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    ckpt = torch.load(path, weights_only=True)
-    assert ckpt["generation"] in (1, 2) and math.isfinite(float(ckpt["w"].sum()))
-
-
-@pytest.mark.faults
 def test_runs_started_together_get_their_own_dirs(tmp_path, corpus_file):
     args = [sys.executable, str(ROOT / "train.py"), "debug=fast", "trainer.max_steps=4", "test=false",
             f"data.path={corpus_file}", "callbacks.sample_text=null"]
@@ -117,3 +93,76 @@ def test_settings_that_cannot_work_are_refused(corpus_file):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ConfigError, match=r"decays over trainer.max_steps, which is -1; set trainer.max_steps"):
         warmup_cosine(opt, total_steps=-1, warmup_steps=50)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "text file"])
+def test_train_ckpt_path_names_what_is_wrong_with_it(tmp_path, corpus_file, kind):
+    target = {"missing": tmp_path / "nope.ckpt", "directory": tmp_path, "text file": corpus_file}[kind]
+    expected = {"missing": r"ckpt_path=.*nope.ckpt does not exist",
+                "directory": r"ckpt_path=.* is a directory, not a file",
+                "text file": r"plays.txt is not a readable checkpoint"}[kind]
+    cfg = compose_train([*TINY, "data.path=/not/read/first", f"ckpt_path={target}"], tmp_path / "run")
+    with pytest.raises(RnnlmError, match=expected) as info:
+        train(cfg)  # refused before the corpus is read
+    assert "\n" not in str(info.value) and "ckpt_path=last, or resume_dir=" in str(info.value)
+
+
+@pytest.mark.parametrize("option", ["text_file", "prompt_file"])
+def test_text_file_options_tell_a_directory_from_a_missing_file(tmp_path, trained, option):
+    from rnnlm.sampling import sample
+    from tests.test_sample import sample_cfg
+
+    extra = ["mode=score"] if option == "text_file" else []
+    ckpt = trained["objects"]["best_ckpt"]
+    with pytest.raises(ConfigError, match=rf"{option}={tmp_path} is a directory, not a file; pass a UTF-8 text file"):
+        sample(sample_cfg(tmp_path, f"ckpt={ckpt}", f"{option}={tmp_path}", *extra))
+    with pytest.raises(ConfigError, match=rf"{option}=.*none.txt does not exist"):
+        sample(sample_cfg(tmp_path, f"ckpt={ckpt}", f"{option}={tmp_path / 'none.txt'}", *extra))
+
+
+def test_resuming_with_another_architecture_names_the_settings(tmp_path, corpus_file):
+    base = [*TINY, f"data.path={corpus_file}", "trainer.max_steps=10", "trainer.val_check_interval=10", "test=false",
+            "callbacks.sample_text=null"]
+    train(compose_train(base, tmp_path))
+    cfg = compose_train([*base, "ckpt_path=last", "model.hidden_size=32", "model.cell=gru"], tmp_path)
+    with pytest.raises(RnnlmError, match=r"cannot resume from .*: the config asks for model.cell='gru' \(the checkpoint "
+                                         r"has 'lstm'\); model.hidden_size=32 \(the checkpoint has 48\); resume with"):
+        train(cfg)
+
+
+def test_a_vocabulary_of_only_unk_is_refused(corpus_file):
+    with pytest.raises(ConfigError, match=r"the vocabulary holds only <unk> \(data.max_vocab=None, data.min_freq=1000000000\)"):
+        CorpusDataModule(path=str(corpus_file), min_freq=10**9, seq_len=16, batch_size=4).setup()
+
+
+def test_unknown_tokens_of_the_evaluation_splits_are_counted(tmp_path, corpus_text, caplog):
+    cut = int(len(corpus_text) * 0.6)
+    text = corpus_text[:cut] + corpus_text[cut:].replace("e", "§")  # val/test hold a char train never has
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    dm = CorpusDataModule(path=str(tmp_path / "t.txt"), seq_len=16, batch_size=4, splits=[0.6, 0.2, 0.2])
+    dm.setup()
+    assert dm.stats["train_unk"] == 0 and dm.stats["val_unk"] > 500 and dm.stats["test_unk"] > 500
+    assert "are <unk>: the train split lacks them" in caplog.text
+    clean = CorpusDataModule(path=str(tmp_path / "t.txt"), seq_len=16, batch_size=4, splits=[0.55, 0.05, 0.4])
+    caplog.clear()
+    clean.setup()
+    assert clean.stats["val_unk"] == 0 and "val tokens" not in caplog.text
+
+
+def test_a_setting_a_component_refuses_is_one_line(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=bogus"], tmp_path)
+    with pytest.raises(ConfigError, match=r"pytorch_lightning.Trainer refused the trainer settings: Precision 'bogus' is invalid") as info:
+        train(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_weights_that_disagree_with_their_hyper_parameters_are_named(tmp_path, trained):
+    from rnnlm.checkpoint import load_model
+
+    checkpoint = torch.load(trained["objects"]["best_ckpt"], weights_only=True)
+    checkpoint["hyper_parameters"]["hidden_size"] = 40
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    with pytest.raises(RnnlmError, match=r"edited.ckpt: its weights do not fit its hyper-parameters: rnn\.\S+ is \[.*\], "
+                                         r"the hyper-parameters make it \[.*40.*\].* \(and \d+ more\); use another") as info:
+        load_model(tmp_path / "edited.ckpt")
+    assert "\n" not in str(info.value)

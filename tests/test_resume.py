@@ -72,9 +72,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig)
     assert ckpts, output[-2000:]
     newest_step = max(int(p.stem[len("last-step"):]) for p in (out / "checkpoints").glob("last-step*.ckpt"))
     assert newest_step < KILL_RUN_STEPS, output[-2000:]
+    # 128 + the signal after saving, as schedulers expect from a terminated job.
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig), output[-2000:]
     if sig != signal.SIGKILL:
         assert "last-interrupted.ckpt" in ckpts, output[-2000:]
-        assert "resume with resume_dir=" in output
+        assert f"interrupted: {sig.name} at step " in output and "resume with resume_dir=" in output
     newest = max((out / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
     step = torch.load(newest, weights_only=True)["global_step"]
     resumed = run_script("train.py", *args[:-1], f"resume_dir={out}", f"trainer.max_steps={step + 5}", cwd=tmp_path)

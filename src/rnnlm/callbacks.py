@@ -16,6 +16,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import RnnlmError
+from rnnlm.files import write_text
 from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import encode_prompt
 
@@ -68,11 +69,10 @@ class SampleText(pl.Callback):
         tokenizer = Tokenizer.from_dict(pl_module.hparams["tokenizer"])
         samples = sample_texts(pl_module.net, tokenizer, self.temperatures, self.length, self.prompt, seed=step)
         self.rows += [[step, t, text] for t, text in samples]
-        if self.output_file is not None:
-            self.output_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.output_file.open("a", encoding="utf-8") as f:
-                for t, text in samples:
-                    f.write(f"=== step {step} temperature {t} ===\n{text}\n\n")
+        if self.output_file is not None:  # appended by rewriting it whole: a failed write loses nothing
+            before = self.output_file.read_text(encoding="utf-8") if self.output_file.is_file() else ""
+            added = "".join(f"=== step {step} temperature {t} ===\n{text}\n\n" for t, text in samples)
+            write_text(self.output_file, before + added)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_text(key="samples", columns=["step", "temperature", "text"], data=self.rows, step=step)
@@ -133,6 +133,7 @@ class CheckpointOnInterrupt(pl.Callback):
 
     def __init__(self, dirpath: str, filename: str = "last-interrupted.ckpt"):
         self.path = Path(dirpath) / filename
+        self.saved: Path | None = None  # set once saved; train() names it when it exits
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.world_size > 1:
@@ -141,7 +142,7 @@ class CheckpointOnInterrupt(pl.Callback):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path)
-        print(f"\ninterrupted at step {trainer.global_step}: saved {self.path}; resume with resume_dir={self.path.parent.parent}", flush=True)
+        self.saved = self.path
 
 
 class ValidateAtLastStep(pl.Callback):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import math
 import os
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import Interrupted, RnnlmError
+from rnnlm.files import write_text
+from rnnlm.rundir import JOB_RECORD
+
+log = logging.getLogger(__name__)
 
 
 def _in_multirun() -> bool:
@@ -66,6 +76,19 @@ def finish_wandb(exit_code: int = 0) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+def record_failed_job(cfg: DictConfig, err: RnnlmError) -> float:
+    """A multirun job that failed on bad input: one line in its log and in its dir (the
+    sweep's summary reads it, see ``rnnlm.rundir``), and NaN for the sweeper, so the
+    other jobs run and an Optuna study marks the trial failed."""
+    from hydra.core.hydra_config import HydraConfig
+
+    log.error("error: %s", err)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    with contextlib.suppress(RnnlmError):  # a job dir that cannot be written: the log line stays
+        write_text(output_dir / JOB_RECORD, json.dumps({"metrics": {}, "error": str(err)}, indent=2))
+    return math.nan
+
+
 def run_task(
     cfg: DictConfig,
     task: Callable[[DictConfig], tuple[dict[str, float], dict[str, Any]]],
@@ -73,8 +96,9 @@ def run_task(
 ) -> float | None:
     """Run ``task`` with clean error reporting; return ``cfg.optimized_metric`` for sweepers.
 
-    A :class:`RnnlmError` prints ``error: <message>`` and exits with status 2 (in a multirun
-    it is re-raised so Hydra records the failed job). ``HYDRA_FULL_ERROR=1`` shows tracebacks.
+    A :class:`RnnlmError` prints ``error: <message>`` and exits with its status (2 for bad
+    input, 128 + signal after an interruption); in a multirun a job's bad input is recorded
+    and the sweep goes on. ``HYDRA_FULL_ERROR=1`` shows tracebacks.
     """
     exit_code = 1
     pin_job_for_relaunch()
@@ -82,11 +106,19 @@ def run_task(
     try:
         metrics, objects = task(cfg)
         exit_code = 0
-    except RnnlmError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+    except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (reading the corpus, ...)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print("interrupted: SIGINT before training started; nothing was saved", file=sys.stderr)
         finish_wandb(1)
+        sys.exit(128 + signal.SIGINT)
+    except RnnlmError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        finish_wandb(1)
+        if _in_multirun() and not isinstance(err, Interrupted):
+            return record_failed_job(cfg, err)
+        print(f"{err.prefix}: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     finally:
         finish_wandb(exit_code)

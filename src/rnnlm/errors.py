@@ -11,6 +11,7 @@ class RnnlmError(Exception):
     """
 
     exit_code = 2
+    prefix = "error"  # what the entry points print before the message
 
 
 class CorpusError(RnnlmError):
@@ -22,4 +23,20 @@ class ConfigError(RnnlmError, ValueError):
 
 
 class CheckpointError(RnnlmError):
-    """A checkpoint is missing, corrupted, unsafe or from another project."""
+    """A checkpoint is missing, corrupted, unsafe or from another project.
+
+    ``reason`` is the short cause (e.g. "unreadable"), for lists of checkpoints skipped."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class Interrupted(RnnlmError):
+    """Ctrl-C or SIGTERM ended the run after saving; the exit status is 128 + the signal."""
+
+    prefix = "interrupted"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

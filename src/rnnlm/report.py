@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rnnlm.errors import RnnlmError
+from rnnlm.files import atomic_open, write_text, write_with
 
 # Config values reported for every run: column name -> dotted key in .hydra/config.yaml.
 CONFIG_COLUMNS: dict[str, str] = {
@@ -184,6 +185,8 @@ def load_metrics(path: Path) -> tuple[dict[str, Any], str]:
         return {}, STATUS_BAD_METRICS
     if not isinstance(record, dict) or not isinstance(record.get("metrics", {}), dict):
         return {}, STATUS_BAD_METRICS
+    if record.get("error"):  # a multirun job that stopped on bad input (rnnlm.cli)
+        return {}, f"failed: {record['error']}"
     metrics = dict(record.get("metrics") or {})
     metrics["global_step"] = record.get("global_step")
     return metrics, STATUS_INTERRUPTED if record.get("interrupted") else STATUS_OK
@@ -332,7 +335,7 @@ def markdown_report(root: Path, runs: Sequence[Run]) -> str:
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     """Write the table as CSV, with full-precision numbers and blanks for unknowns."""
-    with path.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
@@ -388,7 +391,7 @@ def plot_bpc_vs_hidden(runs: Sequence[Run], path: Path) -> None:
         ax.set_title("Validation bits per character against hidden size")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path)
+        write_with(path, lambda handle: fig.savefig(handle, format="png"))
     finally:
         plt.close(fig)
 
@@ -424,7 +427,7 @@ def plot_val_curves(runs: Sequence[Run], path: Path) -> None:
         ax.set_title(title, fontsize="medium")
         ax.grid(True, alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path)
+        write_with(path, lambda handle: fig.savefig(handle, format="png"))
     finally:
         plt.close(fig)
 
@@ -442,7 +445,7 @@ def write_report(root: Path, out: Path | None = None) -> str:
         raise ReportError(f"cannot create output dir {out}: {err.strerror or err}") from err
     columns, rows = table_columns(runs), table_rows(runs)
     try:
-        (out / "report.md").write_text(markdown_report(root, runs))
+        write_text(out / "report.md", markdown_report(root, runs))
         write_csv(out / "report.csv", columns, rows)
         plot_bpc_vs_hidden(runs, out / "val_bpc_vs_hidden.png")
         plot_val_curves(runs, out / "val_curves.png")

@@ -14,12 +14,14 @@ import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlm.checkpoint import LoadedModel, latest_checkpoint, load_model
-from rnnlm.errors import ConfigError
+from rnnlm.checkpoint import TRAIN_HINT, LoadedModel, load_model
+from rnnlm.errors import CheckpointError, ConfigError
+from rnnlm.files import atomic_open, write_text
 from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import check_known, encode_prompt
 from rnnlm.generation.scoring import score_ids
 from rnnlm.generation.stats import sample_statistics
+from rnnlm.options import SAMPLE_OPTIONS, check_numbers, existing_file
 from rnnlm.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,7 @@ def read_text_option(cfg: DictConfig, text_key: str, file_key: str, exclusive: b
         raise ConfigError(f"pass either {text_key}= or {file_key}=, not both")
     if not file:
         return None if inline is None else str(inline)
-    path = Path(to_absolute_path(str(file)))
-    if not path.is_file():
-        raise ConfigError(f"{file_key}={path} does not exist; pass a UTF-8 text file")
+    path = existing_file(file_key, to_absolute_path(str(file)), "pass a UTF-8 text file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -45,9 +45,12 @@ def read_text_option(cfg: DictConfig, text_key: str, file_key: str, exclusive: b
 
 def load(cfg: DictConfig) -> LoadedModel:
     ckpt = cfg.get("ckpt")
-    path = Path(to_absolute_path(str(ckpt))) if ckpt else latest_checkpoint(to_absolute_path("outputs"))
+    # No ckpt: the newest checkpoint that loads under outputs/ (the newest run's, normally).
+    path = Path(to_absolute_path(str(ckpt) if ckpt else "outputs"))
+    if not ckpt and not path.is_dir():
+        raise CheckpointError(f"no checkpoint found under {path}/; {TRAIN_HINT}")
     loaded = load_model(path, cfg.get("device", "auto"))
-    log.info("loaded %s (step %d, %s tokenizer, vocab %d)", path, loaded.global_step, loaded.tokenizer.kind, len(loaded.tokenizer))
+    log.info("loaded %s (step %d, %s tokenizer, vocab %d)", loaded.path, loaded.global_step, loaded.tokenizer.kind, len(loaded.tokenizer))
     return loaded
 
 
@@ -90,8 +93,9 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
 
     start = time.perf_counter()
     with ExitStack() as stack:
-        # Each stream's text goes to its own file as it is produced: memory stays bounded.
-        files = [stack.enter_context((output_dir / f"sample_{i}.txt").open("w", encoding="utf-8")) for i in range(n)]
+        # Each stream's text goes to its own file as it is produced: memory stays bounded. The
+        # files take their final names only once complete.
+        files = [stack.enter_context(atomic_open(output_dir / f"sample_{i}.txt", "w", encoding="utf-8")) for i in range(n)]
         if not beam:
             for f in files:
                 f.write(prompt)
@@ -127,6 +131,7 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
 def sample(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Generate (``mode=generate``) or score (``mode=score``); write ``result.json`` to the run dir."""
     keep_freed_memory()
+    check_numbers(cfg, SAMPLE_OPTIONS)
     if cfg.mode not in ("generate", "score"):
         raise ConfigError(f"mode={cfg.mode!r}; use 'generate' or 'score'")
     output_dir = Path(cfg.output_dir)
@@ -140,7 +145,7 @@ def sample(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         result = generate_samples(cfg, loaded, output_dir)
         metrics = {f"sample/{k}": float(v) for k, v in result["stats"].items()}
     record = {"ckpt": str(loaded.path), "global_step": loaded.global_step, "settings": settings, **result}
-    (output_dir / "result.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_text(output_dir / "result.json", json.dumps(record, indent=2, ensure_ascii=False))
     return metrics, {"record": record, "output_dir": output_dir}
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
+import signal
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +17,36 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.trainer.states import TrainerStatus
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from rnnlm.callbacks import sample_texts
+from rnnlm.callbacks import CheckpointOnInterrupt, sample_texts
+from rnnlm.checkpoint_io import remove_partial_files
 from rnnlm.data.datamodule import CorpusDataModule
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import ConfigError, Interrupted, RnnlmError
+from rnnlm.files import write_text
 from rnnlm.models.module import LanguageModel
+from rnnlm.options import TRAIN_OPTIONS, check_numbers
+from rnnlm.resume import CHECKPOINT_DIR, check_architecture, resolve_ckpt_path
+from rnnlm.rundir import check_writable
 from rnnlm.runtime import auto_precision, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
 
-def check_writable(directory: Path) -> None:
-    """Fail before training, not after hours of it, when the run dir cannot hold files."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise RnnlmError(
-            f"output dir {directory} is not writable ({err.strerror}); free disk space, fix "
-            "its permissions or pass hydra.run.dir=<a writable dir>"
-        ) from None
-
-
-def build(config: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, letting our one-line errors through unwrapped."""
+def build(config: DictConfig, name: str = "", **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with one-line errors: ours pass through unwrapped, and a
+    value the component itself refuses (``trainer.precision=bogus``) names the group."""
     try:
         return instantiate(config, **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, RnnlmError):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        if isinstance(cause, RnnlmError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
+            message = " ".join(str(cause).split())
+            where = f"the {name} settings" if name else f"the settings of {config.get('_target_')}"
+            raise ConfigError(f"{config.get('_target_')} refused {where}: {message}; fix that override") from None
         raise
 
 
@@ -58,18 +59,18 @@ def resolve_precision(cfg: DictConfig) -> None:
         log.info("trainer.precision=auto: %s (%s)", precision, reason)
 
 
-def instantiate_group(group: DictConfig | None) -> list[Any]:
+def instantiate_group(group: DictConfig | None, name: str) -> list[Any]:
     """Instantiate each entry with a ``_target_`` of a dict-of-configs group (callbacks, loggers)."""
     if not group:
         return []
-    return [build(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [build(c, f"{name}.{key}") for key, c in group.items() if isinstance(c, DictConfig) and "_target_" in c]
 
 
 def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     data_cfg = cfg.data
     if data_cfg.get("path"):
         data_cfg = OmegaConf.merge(data_cfg, {"path": to_absolute_path(str(data_cfg.path))})
-    datamodule = build(data_cfg)
+    datamodule = build(data_cfg, "data")
     datamodule.setup("fit")
     return datamodule
 
@@ -77,7 +78,7 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
 def build_model(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModel:
     # _convert_="all": hyper-parameters become plain dicts/lists, loadable with weights_only=True.
     return build(
-        cfg.model, vocab_size=datamodule.vocab_size, tokenizer=datamodule.tokenizer.to_dict(), _convert_="all"
+        cfg.model, "model", vocab_size=datamodule.vocab_size, tokenizer=datamodule.tokenizer.to_dict(), _convert_="all"
     )
 
 
@@ -123,35 +124,73 @@ def wandb_settings(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return settings
 
 
+def until_interrupted(trainer: pl.Trainer, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a trainer call; after Ctrl-C or SIGTERM (handled by Lightning, saved by
+    :class:`CheckpointOnInterrupt`) raise :class:`Interrupted`, so the process exits with
+    128 + the signal's number and a scheduler can requeue it. Lightning itself would exit
+    with 1 after Ctrl-C and 0 after SIGTERM."""
+    try:
+        result = call(*args, **kwargs)
+    except SIGTERMException:
+        raise interrupted(trainer, signal.SIGTERM) from None
+    except SystemExit:
+        if trainer.state.status == TrainerStatus.INTERRUPTED:  # Lightning's exit after KeyboardInterrupt
+            raise interrupted(trainer, signal.SIGINT) from None
+        raise
+    if trainer.received_sigterm:  # arrived where Lightning does not stop (the last batches)
+        raise interrupted(trainer, signal.SIGTERM)
+    return result
+
+
+def interrupted(trainer: pl.Trainer, signum: signal.Signals) -> Interrupted:
+    saver = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnInterrupt)), None)
+    saved = saver.saved if saver is not None else None
+    if saved is None and trainer.checkpoint_callback is not None:
+        saved = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
+    where = f"saved {saved}; resume with resume_dir={Path(saved).parent.parent}" if saved else "no checkpoint saved yet"
+    return Interrupted(f"{signum.name} at step {trainer.global_step}: {where}", signum)
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, test the best checkpoint, and return metrics plus the objects that made them."""
     keep_freed_memory()
+    check_numbers(cfg, TRAIN_OPTIONS)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
+    for partial in remove_partial_files(output_dir / CHECKPOINT_DIR):
+        log.warning("removed %s, left by a write that did not finish", partial)
     if cfg.get("resume_dir") and not cfg.get("ckpt_path"):
         cfg.ckpt_path = "last"
     if cfg.get("logger") and cfg.logger.get("wandb"):
         with open_dict(cfg):
             cfg.logger.wandb.update(wandb_settings(cfg, output_dir))
 
+    resume_from = None
+    if cfg.get("ckpt_path"):  # checked before the corpus is read: a wrong path fails at once
+        given = cfg.ckpt_path if str(cfg.ckpt_path) == "last" else to_absolute_path(str(cfg.ckpt_path))
+        resume_from = resolve_ckpt_path(given, output_dir)
+
     resolve_precision(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    ckpt_path = None
+    if resume_from is not None:
+        path, checkpoint = resume_from
+        check_architecture(path, checkpoint, dict(model.hparams))
+        ckpt_path = str(path)  # Lightning loads it again, with the trainer state
+        del checkpoint, resume_from
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     log_run_facts(loggers, cfg, model, datamodule)
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and ckpt_path != "last":
-        ckpt_path = to_absolute_path(str(ckpt_path))
     with warnings.catch_warnings():
         # The DataModule's state_dict makes mid-epoch resumes exact; Lightning only checks
         # the DataLoader for one and warns otherwise.
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        until_interrupted(trainer, trainer.fit, model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     checkpoint_cb = trainer.checkpoint_callback
@@ -161,13 +200,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         # Report val and test of the checkpoint that exists (the best), not of the last step.
         stages = ((trainer.validate, "val/"), (trainer.test, "test/"))[: 2 if datamodule.has_test else 1]
         for evaluate, prefix in stages:
-            evaluate(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            until_interrupted(trainer, evaluate, model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)})
     if trainer.is_global_zero:
         # Final numbers as plain JSON next to the checkpoints: what `rnnlm.report` collects.
         record = {"metrics": metrics, "global_step": trainer.global_step, "best_ckpt": best, "interrupted": trainer.interrupted,
                   "precision": str(trainer.precision)}
-        (output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+        write_text(output_dir / "metrics.json", json.dumps(record, indent=2))
     objects = {
         "cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
         "best_ckpt": best, "last_ckpt": last,

@@ -55,7 +55,10 @@ def shakespeare_plays() -> list[str]:
 
 def read_utf8(path: Path, errors: str = "strict") -> tuple[str, int]:
     """Decode one file; return the text and how many bytes were replaced."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
     try:
         return data.decode("utf-8"), 0
     except UnicodeDecodeError as err:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
 CALIBRATION_MIN_TOKENS = 256  # a temperature fitted on fewer is noise
+UNKNOWN_WARN_SHARE = 0.001  # warn when more of a val/test split than this is <unk>
 
 
 class WindowDataset(Dataset):
@@ -179,6 +180,7 @@ class CorpusDataModule(pl.LightningDataModule):
             text[:n_train_chars], self.max_vocab, self.min_freq
         )
         self.tokenizer.start = self.separator
+        self._check_vocabulary()
         ids = torch.from_numpy(self.tokenizer.encode(text))
         del text
         bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
@@ -202,6 +204,7 @@ class CorpusDataModule(pl.LightningDataModule):
             stride = self.stride if split == "train" else self.seq_len
             self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, stride)
         self._check_sizes()
+        unknown = self._count_unknown()
         self.stats = {
             **facts,
             "tokens": len(ids),
@@ -209,12 +212,39 @@ class CorpusDataModule(pl.LightningDataModule):
             "token_dtype": str(ids.dtype),
             **{f"{s}_tokens": len(tokens) for s, tokens in self.tokens.items()},
             **{f"{s}_windows": len(self.datasets[s]) for s in SPLITS},
+            **unknown,
         }
         log.info(
             "corpus: %d tokens (%s), vocab %d, windows train/val/test %d/%d/%d of %d tokens",
             len(ids), self.tokenizer_kind, len(self.tokenizer),
             *(len(self.datasets[s]) for s in SPLITS), self.seq_len,
         )
+
+    def _check_vocabulary(self) -> None:
+        """At least one real token besides ``<unk>``: a model of ``<unk>`` alone scores a
+        perfect, meaningless loss of 0."""
+        if len(self.tokenizer) < 2:
+            raise ConfigError(
+                f"the vocabulary holds only <unk> (data.max_vocab={self.max_vocab}, data.min_freq={self.min_freq}): "
+                "no token of the train split is kept; set data.max_vocab >= 2 (or null) and a data.min_freq "
+                "that some tokens reach"
+            )
+
+    def _count_unknown(self) -> dict[str, int]:
+        """``<unk>`` tokens per split (``data/val_unk``...): text the train split never had is
+        scored as ``<unk>``, which says nothing about how well the real text is predicted."""
+        counts = {}
+        for split in SPLITS:
+            tokens = self.tokens[split]
+            unknown = int((tokens == 0).sum())
+            counts[f"{split}_unk"] = unknown
+            if split != "train" and len(tokens) and unknown / len(tokens) > UNKNOWN_WARN_SHARE:
+                log.warning(
+                    "%d of the %d %s tokens (%.2f%%) are <unk>: the train split lacks them (or data.max_vocab/"
+                    "min_freq dropped them), so the %s loss is not the loss of that text",
+                    unknown, len(tokens), split, 100 * unknown / len(tokens), split,
+                )
+        return counts
 
     @property
     def has_test(self) -> bool:

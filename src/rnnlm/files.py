@@ -1,0 +1,117 @@
+"""Writing a run's files so that a failed write (disk full, I/O error, a kill) loses nothing.
+
+Every file is written to a temporary name in its own directory (so the final rename never
+crosses filesystems), flushed and fsynced, then ``os.replace``d over the final name: a
+reader sees the previous version or the new one, never a partial file. A write that fails
+removes its temporary file and raises :class:`DiskError`, one line naming the directory
+and its free space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from rnnlm.errors import RnnlmError
+
+TEMP_PREFIX = ".tmp-"  # temporary files start with this; never taken for a finished file
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskError(RnnlmError):
+    """A file of the run could not be written; what was written before is intact."""
+
+    exit_code = 1
+
+
+def free_space(directory: Path) -> str:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if free < 1024 or unit == "GB":
+            return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return ""  # unreachable
+
+
+def disk_error(path: Path, err: OSError, kept: str = "") -> DiskError:
+    """One line: which file, why, the free space, and what is still intact."""
+    what = "disk full" if err.errno in NO_SPACE else (err.strerror or type(err).__name__)
+    kept = f"; {kept}" if kept else ""
+    return DiskError(
+        f"could not write {path} ({what}, {free_space(path.parent)} in {path.parent}){kept}; "
+        "free disk space (or pass hydra.run.dir=<another disk>) and run again"
+    )
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", kept: str = "", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
+    except OSError as err:
+        raise disk_error(path, err, kept) from None
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the run's files are for everyone who can read the dir
+        os.replace(tmp, path)
+    except BaseException as err:
+        _remove(tmp)
+        cause = os_error_in(err)
+        if cause is not None:
+            raise disk_error(path, cause, kept) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def os_error_in(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err``: writers such as ``torch.save`` re-raise a failed write
+    as another exception (a ``RuntimeError`` from its zip writer) with the ``OSError`` as its
+    context."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def write_text(path: str | Path, text: str, kept: str = "") -> None:
+    with atomic_open(path, "w", kept=kept, encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def write_with(path: str | Path, writer: Callable[[IO[bytes]], None], kept: str = "") -> None:
+    """``writer(handle)`` fills a binary file that then atomically becomes ``path``."""
+    with atomic_open(path, "wb", kept=kept) as handle:
+        writer(handle)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

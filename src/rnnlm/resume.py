@@ -1,0 +1,63 @@
+"""Resuming a run: which checkpoint to continue from, and whether it fits the config.
+
+Lightning's ``ckpt_path="last"`` takes the newest ``last*.ckpt`` whatever its state; a run
+killed by a crash (or written by a tool that does not write atomically) could leave an
+unreadable one, so the newest checkpoint that loads is chosen here and the ones skipped
+are named with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rnnlm.checkpoint import newest_loadable, read_checkpoint
+from rnnlm.errors import ConfigError, RnnlmError
+from rnnlm.options import existing_dir, existing_file
+
+CHECKPOINT_DIR = "checkpoints"
+RESUME_HINT = "pass the dir of an earlier run (outputs/train/runs/<date>), or drop resume_dir= to start a new run"
+CKPT_PATH_HINT = "pass ckpt_path=<a .ckpt file>, ckpt_path=last, or resume_dir=<an earlier run dir>"
+# Settings that shape the network: resuming with another value cannot load the weights.
+ARCHITECTURE = ("cell", "hidden_size", "num_layers", "embedding_dim", "tie_weights")
+
+
+def check_resume_dir(resume_dir: Any) -> Path:
+    """``resume_dir`` exists, is a directory and holds a checkpoint that loads."""
+    run_dir = existing_dir("resume_dir", resume_dir, RESUME_HINT)
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if not checkpoints.is_dir():
+        raise ConfigError(f"resume_dir={run_dir} holds no {CHECKPOINT_DIR}/ dir, so it is not a run dir; {RESUME_HINT}")
+    newest_loadable(checkpoints, f"resume_dir={run_dir}", RESUME_HINT)
+    return run_dir
+
+
+def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint ``train.py`` continues from: ``last`` = the newest loadable one in this
+    run's ``checkpoints/``; otherwise a file that must be a readable rnnlm checkpoint."""
+    if str(ckpt_path) == "last":
+        directory = output_dir / CHECKPOINT_DIR
+        if not directory.is_dir():
+            raise ConfigError(f"ckpt_path=last: {output_dir} holds no {CHECKPOINT_DIR}/ dir; {CKPT_PATH_HINT}")
+        return newest_loadable(directory, "ckpt_path=last", CKPT_PATH_HINT)
+    path = existing_file("ckpt_path", ckpt_path, CKPT_PATH_HINT)
+    return path, read_checkpoint(path, "ckpt_path", CKPT_PATH_HINT)
+
+
+def check_architecture(path: Path, checkpoint: dict[str, Any], hparams: dict[str, Any]) -> None:
+    """The config builds the network the checkpoint holds, else name every setting that differs."""
+    saved = checkpoint.get("hyper_parameters") or {}
+    differ = [
+        f"model.{key}={hparams.get(key)!r} (the checkpoint has {saved[key]!r})"
+        for key in ARCHITECTURE if key in saved and saved[key] != hparams.get(key)
+    ]
+    if "vocab_size" in saved and saved["vocab_size"] != hparams.get("vocab_size"):
+        differ.append(
+            f"a vocabulary of {hparams.get('vocab_size')} tokens (the checkpoint has {saved['vocab_size']}: "
+            "the corpus or data.tokenizer/max_vocab/min_freq differ)"
+        )
+    if differ:
+        raise RnnlmError(
+            f"cannot resume from {path}: the config asks for {'; '.join(differ)}; resume with the run's own "
+            "settings, or start a new run without resume_dir=/ckpt_path="
+        )

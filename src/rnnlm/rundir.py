@@ -1,0 +1,150 @@
+"""The run dir before Hydra writes into it: writable, owned by one run, resumable.
+
+:class:`RunDirGuard` is a Hydra callback (``conf/hydra/default.yaml``). Hydra creates the
+run dir, opens ``<task>.log`` in it and writes ``.hydra/`` before the task starts, so a
+read-only disk or a second run into the same dir would otherwise fail (or mix two runs'
+files) before any of our code runs. It also sums up a multirun's failed jobs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from rnnlm.errors import RnnlmError
+
+LOCK_NAME = ".rnnlm.lock"
+JOB_RECORD = "metrics.json"  # a failed multirun job leaves {"error": ...} here
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
+
+_held: dict[Path, IO[str]] = {}  # open lock files: a lock lives as long as its descriptor
+
+
+def is_launched_rank() -> bool:
+    """A DDP rank > 0 started into rank 0's run dir (Lightning's re-launch, torchrun, SLURM)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before anything is written when ``directory`` cannot hold the run's files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise RnnlmError(
+            f"output dir {directory} is not writable ({err.strerror}); free disk space, fix "
+            "its permissions or pass hydra.run.dir=<a writable dir>"
+        ) from None
+
+
+def lock(directory: Path) -> None:
+    """Own ``directory`` until this process ends; refuse if another live process owns it.
+
+    ``flock`` locks belong to the open file, so a crashed or killed run never leaves a
+    stale lock behind: the kernel drops it with the process.
+    """
+    directory = directory.resolve()
+    if directory in _held:
+        return
+    handle = open(directory / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RnnlmError(
+            f"run dir {directory} is in use by another run ({owner}); wait for it to end, "
+            "or pass hydra.run.dir=<another dir> (resume_dir=<dir> continues a run once it has ended)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _held[directory] = handle
+
+
+def unlock(directory: Path) -> None:
+    handle = _held.pop(directory.resolve(), None)
+    if handle is not None:
+        handle.close()  # closing the descriptor releases the flock
+
+
+def _fail(err: RnnlmError) -> None:
+    """Report as the entry points do; Hydra turns a callback's exceptions into warnings."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(err.exit_code)
+
+
+def job_failures(sweep_dir: Path) -> list[tuple[str, str]]:
+    """``(job dir name, error line)`` of each job of a sweep that failed on bad input."""
+    failures = []
+    for record in sorted(sweep_dir.glob(f"*/{JOB_RECORD}")):
+        try:
+            error = json.loads(record.read_text(encoding="utf-8")).get("error")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if error:
+            failures.append((record.parent.name, str(error)))
+    return failures
+
+
+class RunDirGuard(Callback):
+    """Hydra callback: check the run dir and take its lock before Hydra writes into it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            resume_dir = OmegaConf.select(config, "resume_dir", default=None)
+            if resume_dir:
+                from rnnlm.resume import check_resume_dir  # torch: only needed here
+
+                check_resume_dir(resume_dir)
+            if is_launched_rank():
+                return
+            directory = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+            check_writable(directory)
+            lock(directory)
+        except RnnlmError as err:
+            _fail(err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_launched_rank():
+            return
+        try:
+            check_writable(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
+        except RnnlmError as err:
+            _fail(err)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN and not is_launched_rank():
+            try:
+                lock(Path(config.hydra.runtime.output_dir))
+            except RnnlmError as err:
+                _fail(err)
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
+            unlock(Path(config.hydra.runtime.output_dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        failures = job_failures(sweep_dir)
+        if not failures or is_launched_rank():
+            return
+        for job, error in failures:
+            print(f"error: job {job} ({sweep_dir / job}): {error}", file=sys.stderr)
+        print(f"error: {len(failures)} job(s) of the sweep failed on bad input; the others ran to the end", file=sys.stderr, flush=True)
+        sys.exit(2)

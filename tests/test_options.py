@@ -1,0 +1,114 @@
+"""Every numeric option is checked by its kind: the cases are generated from the configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from rnnlm.errors import ConfigError
+from rnnlm.options import SAMPLE_OPTIONS, TRAIN_OPTIONS, Number, check_numbers, leaves, rule_for
+from rnnlm.sampling import sample
+from rnnlm.train import train
+from tests.conftest import CONF_DIR, TINY, compose_train
+from tests.processes import run_script
+
+# Config group choices whose options differ from the defaults'.
+TRAIN_VARIANTS = [[], ["model=gru"], ["callbacks=ema"], ["experiment=tinyshakespeare"], ["debug=fast"],
+                  ["trainer=ddp"], ["trainer=gpu"], ["hparams_search=optuna"], ["experiment=sweep_cells"]]
+BAD_VALUES = [math.nan, math.inf, -math.inf, 0, -1, 0.5, 10**12]
+
+
+def composed(name: str, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(name, overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def numeric_options(name: str, variants: list[list[str]]) -> dict[str, object]:
+    """Every option of the composed configs whose value is a number (bools are not)."""
+    found = {}
+    for overrides in variants:
+        for key, value in leaves(composed(name, overrides)):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found.setdefault(key, value)
+    return found
+
+
+DEFAULTS = {"train": composed("train", []), "sample": composed("sample", [])}
+TRAIN_NUMBERS = numeric_options("train", TRAIN_VARIANTS)
+SAMPLE_NUMBERS = numeric_options("sample", [[]])
+RULES = {"train": TRAIN_OPTIONS, "sample": SAMPLE_OPTIONS}
+
+
+@pytest.mark.parametrize("task, key", [*(("train", k) for k in TRAIN_NUMBERS), *(("sample", k) for k in SAMPLE_NUMBERS)])
+def test_every_numeric_option_has_a_rule_that_its_default_meets(task, key):
+    numbers = TRAIN_NUMBERS if task == "train" else SAMPLE_NUMBERS
+    rule = rule_for(key, RULES[task])
+    assert rule is not None, f"{task}: add a rule for {key} to rnnlm.options"
+    assert rule.accepts(numbers[key]), f"{task}: the default {key}={numbers[key]} breaks its own rule"
+
+
+def with_value(cfg: DictConfig, key: str, value: object) -> DictConfig:
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    return cfg
+
+
+CASES = [(task, key) for task, numbers in (("train", TRAIN_NUMBERS), ("sample", SAMPLE_NUMBERS)) for key in numbers]
+
+
+@pytest.mark.parametrize("task, key", CASES)
+def test_each_bad_number_is_refused_in_one_line(task, key):
+    """nan and inf everywhere; zero, negative, fractional and huge values unless the
+    option's kind allows them."""
+    rule = rule_for(key, RULES[task])
+    for bad in BAD_VALUES:
+        cfg = with_value(DEFAULTS[task], key, bad)
+        if isinstance(bad, float) and not math.isfinite(bad):
+            assert not rule.accepts(bad), (key, bad)
+        if rule.accepts(bad):
+            check_numbers(cfg, RULES[task])  # allowed by the option's kind: no error
+            continue
+        with pytest.raises(ConfigError) as info:
+            check_numbers(cfg, RULES[task])
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"{key.split('.')[0]}") and key.split(".")[-1] in message, message
+        assert f"={bad} is not allowed: it must be" in message and "override" in message, message
+
+
+def test_kinds_describe_what_is_allowed():
+    assert Number(integer=True, low=1).allowed() == "an integer >= 1"
+    assert Number(low=0, high=1, high_open=True).allowed() == "a finite number >= 0 and < 1"
+    steps = Number(fraction_or_count=True, low=1)
+    assert steps.accepts(1000) and steps.accepts(0.25) and not steps.accepts(0) and not steps.accepts(1.5)
+    assert not Number(integer=True, low=1).accepts(True)  # a bool is not a count
+    assert not Number().accepts("3")
+
+
+def test_train_checks_numbers_before_reading_the_corpus(tmp_path):
+    cfg = compose_train([*TINY, "data.path=/nonexistent/corpus.txt", "model.optimizer.lr=nan"], tmp_path)
+    with pytest.raises(ConfigError, match=r"model.optimizer.lr=nan is not allowed: it must be a finite number > 0"):
+        train(cfg)
+
+
+def test_sample_checks_numbers_before_loading(tmp_path):
+    cfg = composed("sample", ["ckpt=/nonexistent.ckpt", "top_p=inf"])
+    with pytest.raises(ConfigError, match=r"top_p=inf is not allowed"):
+        sample(cfg)
+
+
+@pytest.mark.parametrize("script, override", [("train.py", "trainer.val_check_interval=0"), ("sample.py", "length=-5")])
+def test_the_command_line_prints_one_error_line(tmp_path, script, override):
+    result = run_script(script, override, "ckpt=/nonexistent.ckpt" if script == "sample.py" else "data.path=/nonexistent",
+                        cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {override} is not allowed") and "Traceback" not in result.stderr

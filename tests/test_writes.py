@@ -1,0 +1,133 @@
+"""Nothing lost on a full disk: every file of a run is replaced whole or not at all."""
+
+from __future__ import annotations
+
+import errno
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_model
+from rnnlm.checkpoint_io import AtomicCheckpointIO
+from rnnlm.errors import CheckpointError
+from rnnlm.files import TEMP_PREFIX, DiskError, write_text, write_with
+from rnnlm.resume import resolve_ckpt_path
+from tests.mounts import tmpfs
+from tests.processes import run_script, started
+
+TINY_CLI = ["model.hidden_size=16", "model.num_layers=1", "model.embedding_dim=8", "data.seq_len=16",
+            "data.batch_size=4", "trainer.precision=32-true", "trainer.max_time=null", "trainer.limit_val_batches=2",
+            "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "logger=csv",
+            "callbacks.sample_text=null", "test=false"]
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_write_keeps_the_previous_version(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_text(path, "version 1")
+
+    def half_then_full(handle):
+        handle.write(b"version 2, half writ")
+        no_space()
+
+    with pytest.raises(DiskError, match=r"could not write .*metrics.json \(disk full, .* free in .*\); .*free disk space"):
+        write_with(path, half_then_full)
+    assert path.read_text() == "version 1"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no partial file left
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"generation": 1, "w": torch.ones(3)}, path)
+
+    def torch_save_on_a_full_disk(obj, handle):
+        handle.write(b"PK\x03\x04 partial zip")
+        try:
+            no_space()
+        except OSError:  # torch's zip writer re-raises a failed write as a RuntimeError
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    with pytest.raises(DiskError, match=r"last.ckpt \(disk full.*the checkpoints written before it are intact \(resume with resume_dir="):
+        io.save_checkpoint({"generation": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["generation"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.faults
+def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
+    path = tmp_path / "last.ckpt"
+    torch.save({"generation": 1, "w": torch.ones(3)}, path)
+    writer = textwrap.dedent(f"""
+        import torch
+        from rnnlm.checkpoint_io import AtomicCheckpointIO
+        print("writing", flush=True)
+        while True:
+            AtomicCheckpointIO().save_checkpoint({{"generation": 2, "w": torch.randn(50_000_000)}}, {str(path)!r})
+    """)
+    with started([sys.executable, "-c", writer], tmp_path, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout.readline().strip() == "writing"
+        time.sleep(1.5)  # ~200 MB per write: killed in the middle of one
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["generation"] in (1, 2) and math.isfinite(float(ckpt["w"].sum()))
+
+
+def fake_checkpoint(path, step):
+    torch.save({"rnnlm_format": CHECKPOINT_FORMAT, "global_step": step, "hyper_parameters": {}}, path)
+
+
+def test_resume_takes_the_newest_checkpoint_that_loads(tmp_path, caplog):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    fake_checkpoint(checkpoints / "last-step000010.ckpt", 10)
+    time.sleep(0.01)
+    (checkpoints / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")  # newest, unreadable
+    path, checkpoint = resolve_ckpt_path("last", tmp_path)
+    assert path.name == "last-step000010.ckpt" and checkpoint["global_step"] == 10
+    assert "skipped" in caplog.text and "last.ckpt (unreadable)" in caplog.text
+    (checkpoints / "last-step000010.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint that loads \(skipped: .*last.ckpt \(unreadable\)"):
+        resolve_ckpt_path("last", tmp_path)
+
+
+def test_sampling_a_run_dir_takes_its_newest_checkpoint_that_loads(tmp_path, trained, caplog):
+    run = tmp_path / "run" / "checkpoints"
+    run.mkdir(parents=True)
+    (run / "step000010.ckpt").write_bytes(open(trained["objects"]["best_ckpt"], "rb").read())
+    time.sleep(0.01)
+    (run / "last.ckpt").write_bytes(b"garbage")
+    loaded = load_model(tmp_path / "run")
+    assert loaded.path == run / "step000010.ckpt"
+    assert "last.ckpt (unreadable)" in caplog.text
+
+
+@pytest.mark.faults
+def test_a_full_disk_is_one_error_line_and_the_run_stays_resumable(tmp_path, corpus_file):
+    disk = tmp_path / "disk"
+    with tmpfs(disk, "100k"):  # room for the first checkpoint (~53 KB), not the second
+        run_dir = disk / "run"
+        result = run_script("train.py", *TINY_CLI, f"data.path={corpus_file}", "trainer.max_steps=60",
+                            "trainer.val_check_interval=10", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: could not write {run_dir}/checkpoints/") and "(disk full, " in last, last
+        files = list((run_dir / "checkpoints").iterdir())
+        assert not [p for p in files if p.name.startswith(TEMP_PREFIX)], files
+        for ckpt in files:  # everything with a final name loads
+            assert torch.load(ckpt, weights_only=True)["global_step"] > 0
+        path, _ = resolve_ckpt_path("last", run_dir)
+        assert path in files
