@@ -5,11 +5,14 @@ from omegaconf import DictConfig
 
 from rnnlm.cli import run_task
 from rnnlm.overrides import quote_argv
-from rnnlm.sampling import report, sample
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here: torch and Lightning take seconds to load, and a bad run dir or option
+    # (checked by Hydra's callbacks first) should fail at once.
+    from rnnlm.sampling import report, sample
+
     return run_task(cfg, sample, report)
 
 

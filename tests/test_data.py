@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -66,7 +68,9 @@ def test_shakespeare_text_reads_like_a_play():
     assert len(plays) >= 30
     text = plays[0]
     assert "**" not in text and "#" not in text and "_Enter" not in text
-    assert "\n\nTHESEUS:\n" in text or any(line.endswith(":") for line in text.splitlines()[:40])
+    assert text.startswith("A Midsummer Night's Dream\n\nACT I\n\nSCENE I. Athens.")
+    assert "\n\nTHESEUS:\nNow, fair Hippolyta, our nuptial hour\n" in text  # speaker, then the verse
+    assert len(re.findall(r"(?m)^[A-Z][A-Z .']+:$", text)) > 400  # every speech starts with its speaker
     md = "# Title\n\n### SCENE I. A room.\n\n_Enter ROMEO_\n\n**ROMEO**  \nBut soft!  \nwhat light\n\n\n**JULIET**  \nAy me!\n"
     assert play_markdown_to_text(md) == "Title\n\nSCENE I. A room.\n\nEnter ROMEO\n\nROMEO:\nBut soft!\nwhat light\n\nJULIET:\nAy me!\n"
 

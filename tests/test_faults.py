@@ -166,3 +166,12 @@ def test_weights_that_disagree_with_their_hyper_parameters_are_named(tmp_path, t
                                          r"the hyper-parameters make it \[.*40.*\].* \(and \d+ more\); use another") as info:
         load_model(tmp_path / "edited.ckpt")
     assert "\n" not in str(info.value)
+
+
+def test_resuming_with_another_corpus_of_the_same_vocabulary_size_is_refused(tmp_path):
+    from rnnlm.resume import check_architecture
+
+    saved = {"hyper_parameters": {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}}}
+    check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}})
+    with pytest.raises(RnnlmError, match=r"another vocabulary of the same size \(2 of its 3 token ids mean other tokens"):
+        check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "b", "a"]}})

@@ -113,3 +113,44 @@ def test_a_sweep_job_with_bad_input_fails_in_one_line_and_the_others_run(tmp_pat
     assert error in (sweep / "1" / "train.log").read_text()
     statuses = {run.name: run.status for run in collect_runs(sweep)}
     assert statuses["0"] == "ok" and statuses["1"].startswith(f"failed: {error}")
+
+
+def test_a_filesystem_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock(tmp_path)  # not "in use by another run"
+    assert "cannot be locked (No locks available)" in caplog.text
+
+
+def test_a_lock_that_cannot_be_created_is_one_line(tmp_path):
+    from rnnlm.rundir import claim
+
+    (tmp_path / LOCK_NAME).mkdir()
+    with pytest.raises(RnnlmError, match=r"cannot create the run dir's lock file .*\.rnnlm\.lock \(Is a directory\)"):
+        claim(tmp_path)
+
+
+def test_a_disk_too_full_for_the_first_files_is_refused_before_hydra_writes(tmp_path):
+    from rnnlm.rundir import check_writable
+
+    with tmpfs(tmp_path / "disk", "16k") as disk:
+        (disk / "filler").write_bytes(b"\0" * 8192)
+        with pytest.raises(RnnlmError, match=r"output dir .* is not writable \(No space left on device\)"):
+            check_writable(disk / "run")
+
+
+@pytest.mark.faults
+def test_an_optuna_trial_with_bad_input_is_marked_failed_and_the_study_goes_on(tmp_path, corpus_file):
+    sweep = tmp_path / "optuna"
+    result = run_script("train.py", *TINY_CLI, f"data.path={corpus_file}", "hparams_search=optuna",
+                        "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2", "data.batch_size=0",
+                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "2 job(s) of the sweep failed on bad input" in result.stderr
+    assert result.stderr.count("data.batch_size=0 is not allowed") == 2

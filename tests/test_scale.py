@@ -57,7 +57,9 @@ def test_optuna_sweep_returns_a_best_value(tmp_path, corpus_file):
          "hydra.sweeper.sampler.n_startup_trials=2",
          f"hydra.sweep.dir={sweep}"], tmp_path)
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert 0 < best["best_value"] < 10 and "model.hidden_size" in best["best_params"]
+    trials = [json.loads((job / "metrics.json").read_text())["metrics"]["val/bpc"] for job in sweep.glob("[0-9]*")]
+    assert len(trials) == 2 and best["best_value"] == pytest.approx(min(trials), rel=1e-6)
+    assert "model.hidden_size" in best["best_params"]
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ import torch
 
 from rnnlm import runtime
 from rnnlm.checkpoint import load_model
+from rnnlm.generation.scoring import score_totals
+from rnnlm.models import LanguageModel
 from rnnlm.train import train
 from tests.conftest import CONF_DIR, TINY, compose_train
 from tests.processes import run_script as run_cli
@@ -134,7 +136,11 @@ def test_train_cli_bad_corpus_is_one_line(tmp_path):
 def test_stateful_evaluation_is_logged_next_to_per_window(trained):
     metrics = trained["metrics"]
     for split in ("val", "test"):
-        assert 0 < metrics[f"{split}/loss_stateful"] < 10
+        # The same weights (the best checkpoint) reading the split in order, scored directly.
+        tokens = trained["objects"]["datamodule"].tokens[split]
+        lanes = min(trained["objects"]["cfg"].model.stateful_eval_lanes, (len(tokens) - 1) // 2)
+        nll_sum, _, count = score_totals(trained["objects"]["model"].net, tokens, lanes, chunk=256)
+        assert metrics[f"{split}/loss_stateful"] == pytest.approx(nll_sum / count, rel=1e-4)
         assert metrics[f"{split}/bpc_stateful"] == pytest.approx(metrics[f"{split}/loss_stateful"] / math.log(2), rel=1e-5)
 
 
@@ -174,12 +180,30 @@ def test_calibration_fits_the_logit_scale_the_checkpoint_keeps(tmp_path, corpus_
     assert load_model(objects["best_ckpt"], device="cpu").net.logit_scale.item() == pytest.approx(scale)
 
 
-def test_lanes_training_carries_the_state(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.order=lanes", "test=false"], tmp_path)
-    metrics, objects = train(cfg)
-    model = objects["model"]
-    assert model.carry_state and model._train_state is not None
-    assert metrics["val/loss"] < 3.5
+@pytest.mark.parametrize("order", ["lanes", "shuffle"])
+def test_lanes_training_carries_the_state(tmp_path, corpus_file, monkeypatch, order):
+    """With lanes each training batch starts from the state the previous one ended in;
+    shuffled windows always start from zero."""
+    calls = []
+    forward = LanguageModel.forward
+
+    def recording(self, tokens, state=None):
+        logits, new_state = forward(self, tokens, state)
+        if self.training:
+            calls.append((state, new_state))
+        return logits, new_state
+
+    monkeypatch.setattr(LanguageModel, "forward", recording)
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", f"data.order={order}", "test=false", "trainer.max_steps=8",
+                         "trainer.val_check_interval=8", "callbacks.sample_text=null"], tmp_path)
+    train(cfg)
+    assert len(calls) == 8 and calls[0][0] is None
+    for (passed, _), (_, previous) in zip(calls[1:], calls[:-1]):
+        if order == "shuffle":
+            assert passed is None
+        else:
+            for given, ended in zip(passed, previous):  # (h, c) of the LSTM
+                torch.testing.assert_close(given, ended.detach())
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
         try:
             no_space()
         except OSError:  # torch's zip writer re-raises a failed write as a RuntimeError
-            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
 
     monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
     with pytest.raises(DiskError, match=r"last.ckpt \(disk full.*the checkpoints written before it are intact \(resume with resume_dir="):
@@ -131,3 +131,47 @@ def test_a_full_disk_is_one_error_line_and_the_run_stays_resumable(tmp_path, cor
             assert torch.load(ckpt, weights_only=True)["global_step"] > 0
         path, _ = resolve_ckpt_path("last", run_dir)
         assert path in files
+
+
+def test_a_stream_takes_its_name_when_complete_and_keeps_its_text_when_interrupted(tmp_path):
+    from rnnlm.files import streamed
+
+    with streamed(tmp_path / "sample_0.txt", encoding="utf-8") as handle:
+        handle.write("complete")
+    assert (tmp_path / "sample_0.txt").read_text() == "complete" and not list(tmp_path.glob("*.partial"))
+    with pytest.raises(KeyboardInterrupt), streamed(tmp_path / "sample_1.txt", encoding="utf-8") as handle:
+        handle.write("half a sam")
+        raise KeyboardInterrupt
+    assert not (tmp_path / "sample_1.txt").exists()
+    assert (tmp_path / "sample_1.txt.partial").read_text() == "half a sam"
+
+
+def test_a_full_disk_met_by_another_writer_is_one_line(tmp_path):
+    from rnnlm.cli import as_user_error
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "csv" / "metrics.csv"))
+        except OSError:
+            raise RuntimeError("the logger's own wrapping") from None
+    except RuntimeError as hidden:
+        assert as_user_error(hidden) is None  # `from None`: the OSError is not its cause
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "csv" / "metrics.csv"))
+        except OSError:
+            raise RuntimeError("[enforce fail] unexpected pos")  # noqa: B904 - how writers re-raise
+    except RuntimeError as wrapped:
+        err = as_user_error(wrapped)
+    assert isinstance(err, DiskError) and err.exit_code == 1
+    assert str(err).startswith(f"could not write {tmp_path}/csv/metrics.csv (disk full, ")
+    assert as_user_error(ValueError("a bug")) is None  # not ours: the traceback stays
+
+
+def test_ckpt_path_last_starts_fresh_when_there_is_no_checkpoint_yet(tmp_path):
+    assert resolve_ckpt_path("last", tmp_path) is None  # a requeued job's first start
+    (tmp_path / "checkpoints").mkdir()
+    assert resolve_ckpt_path("last", tmp_path) is None
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(CheckpointError, match="holds no checkpoint that loads"):
+        resolve_ckpt_path("last", tmp_path)  # checkpoints exist but none loads: refuse

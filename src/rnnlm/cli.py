@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -15,9 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from rnnlm.errors import Interrupted, RnnlmError
-from rnnlm.files import write_text
-from rnnlm.rundir import JOB_RECORD
+from rnnlm.errors import ConfigError, Interrupted, RnnlmError
+from rnnlm.files import NO_SPACE, disk_error, os_error_in, write_text
+from rnnlm.rundir import JOB_RECORD, failed_jobs
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,32 @@ def finish_wandb(exit_code: int = 0) -> None:
         wandb.finish(exit_code=exit_code)
 
 
-def record_failed_job(cfg: DictConfig, err: RnnlmError) -> float:
+def record_failed_job(err: RnnlmError) -> None:
     """A multirun job that failed on bad input: one line in its log and in its dir (the
-    sweep's summary reads it, see ``rnnlm.rundir``), and NaN for the sweeper, so the
-    other jobs run and an Optuna study marks the trial failed."""
+    sweep's summary reads it, see ``rnnlm.rundir``). The job then returns None: the basic
+    sweeper goes on to the next job, Optuna marks the trial failed (``max_failure_rate``)."""
     from hydra.core.hydra_config import HydraConfig
 
     log.error("error: %s", err)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    failed_jobs[str(output_dir)] = str(err)
     with contextlib.suppress(RnnlmError):  # a job dir that cannot be written: the log line stays
         write_text(output_dir / JOB_RECORD, json.dumps({"metrics": {}, "error": str(err)}, indent=2))
-    return math.nan
+
+
+def as_user_error(err: BaseException) -> RnnlmError | None:
+    """Our error for ``err``: itself, or a full disk / I/O error met by a writer we do not
+    control (a logger, Hydra's log file), reported like our own writes'."""
+    if isinstance(err, RnnlmError):
+        return err
+    cause = os_error_in(err)
+    if cause is None or cause.errno not in (*NO_SPACE, errno.EIO):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    path = Path(cause.filename) if isinstance(cause.filename, str) else None
+    return disk_error(path, cause, "the checkpoints written before are intact", directory=path.parent if path else run_dir)
 
 
 def run_task(
@@ -97,8 +112,8 @@ def run_task(
     """Run ``task`` with clean error reporting; return ``cfg.optimized_metric`` for sweepers.
 
     A :class:`RnnlmError` prints ``error: <message>`` and exits with its status (2 for bad
-    input, 128 + signal after an interruption); in a multirun a job's bad input is recorded
-    and the sweep goes on. ``HYDRA_FULL_ERROR=1`` shows tracebacks.
+    input, 1 for a failed write, 128 + signal after an interruption); in a multirun a job's
+    bad input is recorded and the sweep goes on. ``HYDRA_FULL_ERROR=1`` shows tracebacks.
     """
     exit_code = 1
     pin_job_for_relaunch()
@@ -106,25 +121,27 @@ def run_task(
     try:
         metrics, objects = task(cfg)
         exit_code = 0
-    except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (reading the corpus, ...)
+        if report is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+            print(report(metrics, objects), flush=True)
+    except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (reading the corpus, sampling, ...)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print("interrupted: SIGINT before training started; nothing was saved", file=sys.stderr)
+        print("interrupted: SIGINT (Ctrl-C)", file=sys.stderr)
         finish_wandb(1)
         sys.exit(128 + signal.SIGINT)
-    except RnnlmError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as raised:
+        err = as_user_error(raised)
+        if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         finish_wandb(1)
-        if _in_multirun() and not isinstance(err, Interrupted):
-            return record_failed_job(cfg, err)
+        if _in_multirun() and err.exit_code == ConfigError.exit_code and not isinstance(err, Interrupted):
+            record_failed_job(err)
+            return None
         print(f"{err.prefix}: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     finally:
         finish_wandb(exit_code)
         if _in_multirun():
             reset_distributed(env_before)
-    if report is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
-        print(report(metrics, objects), flush=True)
     name = cfg.get("optimized_metric")
     return metrics.get(name) if name else None

@@ -42,12 +42,13 @@ def free_space(directory: Path) -> str:
     return ""  # unreachable
 
 
-def disk_error(path: Path, err: OSError, kept: str = "") -> DiskError:
-    """One line: which file, why, the free space, and what is still intact."""
+def disk_error(path: Path | None, err: OSError, kept: str = "", directory: Path | None = None) -> DiskError:
+    """One line: which file (if known), why, the free space, and what is still intact."""
     what = "disk full" if err.errno in NO_SPACE else (err.strerror or type(err).__name__)
+    directory = directory or (path.parent if path is not None else Path.cwd())
     kept = f"; {kept}" if kept else ""
     return DiskError(
-        f"could not write {path} ({what}, {free_space(path.parent)} in {path.parent}){kept}; "
+        f"could not write {path or 'a file of the run'} ({what}, {free_space(directory)} in {directory}){kept}; "
         "free disk space (or pass hydra.run.dir=<another disk>) and run again"
     )
 
@@ -77,6 +78,25 @@ def atomic_open(path: str | Path, mode: str = "w", kept: str = "", **kwargs: Any
     _fsync_dir(path.parent)
 
 
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def streamed(path: str | Path, **kwargs: Any) -> Iterator[IO[str]]:
+    """A text file written as it is produced: to ``<path>.partial``, renamed to ``path``
+    once complete. Interrupted, the ``.partial`` file keeps what was written."""
+    path = Path(path)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        with open(partial, "w", **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as err:
+        raise disk_error(path, err, f"what was written is in {partial.name}") from None
+
+
 def os_error_in(err: BaseException) -> OSError | None:
     """The ``OSError`` behind ``err``: writers such as ``torch.save`` re-raise a failed write
     as another exception (a ``RuntimeError`` from its zip writer) with the ``OSError`` as its
@@ -87,7 +107,8 @@ def os_error_in(err: BaseException) -> OSError | None:
         if isinstance(current, OSError):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        # ``raise ... from None`` hides the context on purpose: it is not the cause.
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
 
 

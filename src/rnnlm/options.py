@@ -27,8 +27,8 @@ from rnnlm.errors import ConfigError
 class Number:
     """An integer (``integer=True``) or real number in ``[low, high]`` (ends excluded with
     ``*_open``), null if ``nullable``, or one of the ``special`` values (e.g. -1 = no limit).
-    ``fraction_or_count``: an integer count >= 1 or a fraction in (0, 1] (Lightning's
-    ``val_check_interval``/``limit_*_batches``)."""
+    ``fraction_or_count``: an integer count >= ``low`` or a fraction in (0, 1] (0.0 too when
+    ``low`` is 0), as Lightning's ``val_check_interval``/``limit_*_batches`` take them."""
 
     integer: bool = False
     low: float | None = None
@@ -38,6 +38,7 @@ class Number:
     nullable: bool = False
     special: tuple[int, ...] = ()
     fraction_or_count: bool = False
+    text_ok: bool = False  # strings (and lists) pass to the component, which checks them itself
 
     def allowed(self) -> str:
         if self.fraction_or_count:
@@ -55,6 +56,8 @@ class Number:
             text += " (or " + " / ".join(str(s) for s in self.special) + ")"
         if self.nullable:
             text += ", or null"
+        if self.text_ok:
+            text += ", or a string such as 'auto'"
         return text
 
     @staticmethod
@@ -64,6 +67,8 @@ class Number:
     def accepts(self, value: Any) -> bool:
         if value is None:
             return self.nullable
+        if self.text_ok and isinstance(value, str):
+            return True
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
         if not math.isfinite(value):
@@ -71,9 +76,10 @@ class Number:
         if isinstance(value, int) and value in self.special:
             return True
         if self.fraction_or_count:
+            low = self.low if self.low is not None else 1
             if isinstance(value, float):
-                return 0 < value <= 1
-            return value >= (self.low if self.low is not None else 1)
+                return 0 < value <= 1 or (low == 0 and value == 0)
+            return value >= low
         if self.integer and not isinstance(value, int):
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -121,9 +127,10 @@ TRAIN_OPTIONS: dict[str, Number] = {
     "model.scheduler.total_steps": COUNT,
     "model.scheduler.warmup_steps": NON_NEGATIVE_INT,
     "model.scheduler.min_ratio": UNIT,
-    "trainer.devices": Number(integer=True, low=1, special=(-1,)),
+    "trainer.devices": Number(integer=True, low=1, special=(-1,), text_ok=True),  # 2, -1, "auto", "0,1"
+    "trainer.devices.*": NON_NEGATIVE_INT,  # [0, 1]: device ids
     "trainer.num_nodes": COUNT,
-    "trainer.max_epochs": Number(integer=True, low=1, special=(-1,), nullable=True),
+    "trainer.max_epochs": Number(integer=True, low=0, special=(-1,), nullable=True),
     "trainer.min_epochs": Number(integer=True, low=0, nullable=True),
     "trainer.max_steps": Number(integer=True, low=1, special=(-1,)),
     "trainer.min_steps": Number(integer=True, low=0, nullable=True),

@@ -8,6 +8,7 @@ are named with the reason.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rnnlm.checkpoint import newest_loadable, read_checkpoint
 from rnnlm.errors import ConfigError, RnnlmError
 from rnnlm.options import existing_dir, existing_file
 
+log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 RESUME_HINT = "pass the dir of an earlier run (outputs/train/runs/<date>), or drop resume_dir= to start a new run"
 CKPT_PATH_HINT = "pass ckpt_path=<a .ckpt file>, ckpt_path=last, or resume_dir=<an earlier run dir>"
@@ -32,13 +34,16 @@ def check_resume_dir(resume_dir: Any) -> Path:
     return run_dir
 
 
-def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint ``train.py`` continues from: ``last`` = the newest loadable one in this
-    run's ``checkpoints/``; otherwise a file that must be a readable rnnlm checkpoint."""
+def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``train.py`` continues from. ``last``: the newest loadable one in this
+    run's ``checkpoints/``, or None (a fresh start, as Lightning does, so that a requeued job
+    can always pass it) when there is none yet; checkpoints that all fail to load are an
+    error. Otherwise a file that must be a readable rnnlm checkpoint."""
     if str(ckpt_path) == "last":
         directory = output_dir / CHECKPOINT_DIR
-        if not directory.is_dir():
-            raise ConfigError(f"ckpt_path=last: {output_dir} holds no {CHECKPOINT_DIR}/ dir; {CKPT_PATH_HINT}")
+        if not (directory.is_dir() and any(directory.glob("*.ckpt"))):
+            log.warning("ckpt_path=last: no checkpoint in %s yet; starting from scratch", directory)
+            return None
         return newest_loadable(directory, "ckpt_path=last", CKPT_PATH_HINT)
     path = existing_file("ckpt_path", ckpt_path, CKPT_PATH_HINT)
     return path, read_checkpoint(path, "ckpt_path", CKPT_PATH_HINT)
@@ -55,6 +60,13 @@ def check_architecture(path: Path, checkpoint: dict[str, Any], hparams: dict[str
         differ.append(
             f"a vocabulary of {hparams.get('vocab_size')} tokens (the checkpoint has {saved['vocab_size']}: "
             "the corpus or data.tokenizer/max_vocab/min_freq differ)"
+        )
+    elif "tokenizer" in saved and saved["tokenizer"].get("vocab") != (hparams.get("tokenizer") or {}).get("vocab"):
+        ours = (hparams.get("tokenizer") or {}).get("vocab") or []
+        moved = sum(a != b for a, b in zip(ours, saved["tokenizer"].get("vocab") or []))
+        differ.append(
+            f"another vocabulary of the same size ({moved} of its {len(ours)} token ids mean other tokens: "
+            "the corpus (data.path) differs)"
         )
     if differ:
         raise RnnlmError(

@@ -8,8 +8,10 @@ files) before any of our code runs. It also sums up a multirun's failed jobs.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,11 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.errors import RnnlmError
 
+log = logging.getLogger(__name__)
 LOCK_NAME = ".rnnlm.lock"
 JOB_RECORD = "metrics.json"  # a failed multirun job leaves {"error": ...} here
 RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
 
 _held: dict[Path, IO[str]] = {}  # open lock files: a lock lives as long as its descriptor
+failed_jobs: dict[str, str] = {}  # job dir -> error, of this process's failed multirun jobs
 
 
 def is_launched_rank() -> bool:
@@ -35,12 +39,18 @@ def is_launched_rank() -> bool:
     return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
 
 
+WRITE_TEST_BYTES = 64 * 1024  # a disk with less free space than this cannot hold even the first files
+
+
 def check_writable(directory: Path) -> None:
-    """Fail before anything is written when ``directory`` cannot hold the run's files."""
+    """Fail before anything is written when ``directory`` cannot hold the run's files
+    (read-only, no permission, or a disk too full for a few KB)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-") as probe:
+            probe.write(b"\0" * WRITE_TEST_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
     except OSError as err:
         raise RnnlmError(
             f"output dir {directory} is not writable ({err.strerror}); free disk space, fix "
@@ -57,10 +67,18 @@ def lock(directory: Path) -> None:
     directory = directory.resolve()
     if directory in _held:
         return
-    handle = open(directory / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held open on purpose
+    path = directory / LOCK_NAME
+    try:
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open on purpose
+    except OSError as err:
+        raise RnnlmError(f"cannot create the run dir's lock file {path} ({err.strerror}); pass hydra.run.dir=<a writable dir>") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a filesystem without flock (some NFS/Lustre mounts)
+            log.warning("run dir %s cannot be locked (%s): nothing stops a second run from using it", directory, err.strerror)
+            handle.close()
+            return
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
@@ -68,10 +86,13 @@ def lock(directory: Path) -> None:
             f"run dir {directory} is in use by another run ({owner}); wait for it to end, "
             "or pass hydra.run.dir=<another dir> (resume_dir=<dir> continues a run once it has ended)"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    handle.flush()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+    except OSError:
+        pass  # the owner's name is a courtesy; the lock itself is held
     _held[directory] = handle
 
 
@@ -90,16 +111,18 @@ def _fail(err: RnnlmError) -> None:
 
 
 def job_failures(sweep_dir: Path) -> list[tuple[str, str]]:
-    """``(job dir name, error line)`` of each job of a sweep that failed on bad input."""
-    failures = []
+    """``(job dir name, error line)`` of each job of a sweep that failed on bad input: from
+    the jobs' records (jobs of any launcher) and from this process (a record that could not
+    be written)."""
+    failures = {Path(job).name: error for job, error in failed_jobs.items() if Path(job).parent == sweep_dir}
     for record in sorted(sweep_dir.glob(f"*/{JOB_RECORD}")):
         try:
             error = json.loads(record.read_text(encoding="utf-8")).get("error")
         except (OSError, ValueError, AttributeError):
             continue
         if error:
-            failures.append((record.parent.name, str(error)))
-    return failures
+            failures[record.parent.name] = str(error)
+    return sorted(failures.items(), key=lambda item: (len(item[0]), item[0]))
 
 
 class RunDirGuard(Callback):
@@ -112,21 +135,17 @@ class RunDirGuard(Callback):
                 from rnnlm.resume import check_resume_dir  # torch: only needed here
 
                 check_resume_dir(resume_dir)
-            if is_launched_rank():
-                return
-            directory = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
-            check_writable(directory)
-            lock(directory)
+            if not is_launched_rank():
+                claim(Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute())
         except RnnlmError as err:
             _fail(err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if is_launched_rank():
-            return
-        try:
-            check_writable(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
-        except RnnlmError as err:
-            _fail(err)
+        if not is_launched_rank():  # the sweep dir: a second sweep into it would mix its jobs' files
+            try:
+                claim(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
+            except RnnlmError as err:
+                _fail(err)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN and not is_launched_rank():
@@ -148,3 +167,12 @@ class RunDirGuard(Callback):
             print(f"error: job {job} ({sweep_dir / job}): {error}", file=sys.stderr)
         print(f"error: {len(failures)} job(s) of the sweep failed on bad input; the others ran to the end", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def claim(directory: Path) -> None:
+    """Writable, then locked: one-line errors for every way that can fail."""
+    try:
+        check_writable(directory)
+        lock(directory)
+    except OSError as err:  # anything check_writable/lock did not foresee
+        raise RnnlmError(f"cannot use the run dir {directory} ({err.strerror or err}); pass hydra.run.dir=<a writable dir>") from None

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.checkpoint import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.errors import CheckpointError, ConfigError
-from rnnlm.files import atomic_open, write_text
+from rnnlm.files import streamed, write_text
 from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import check_known, encode_prompt
 from rnnlm.generation.scoring import score_ids
@@ -93,9 +93,9 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
 
     start = time.perf_counter()
     with ExitStack() as stack:
-        # Each stream's text goes to its own file as it is produced: memory stays bounded. The
-        # files take their final names only once complete.
-        files = [stack.enter_context(atomic_open(output_dir / f"sample_{i}.txt", "w", encoding="utf-8")) for i in range(n)]
+        # Each stream's text goes to its own file as it is produced: memory stays bounded. A
+        # file takes its final name once complete (interrupted: sample_<i>.txt.partial).
+        files = [stack.enter_context(streamed(output_dir / f"sample_{i}.txt", encoding="utf-8")) for i in range(n)]
         if not beam:
             for f in files:
                 f.write(prompt)

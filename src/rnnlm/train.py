@@ -17,6 +17,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.loggers import Logger, WandbLogger
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+from pytorch_lightning.trainer.connectors.signal_connector import _get_sigkill_signal
 from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -27,7 +29,7 @@ from rnnlm.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.files import write_text
 from rnnlm.models.module import LanguageModel
 from rnnlm.options import TRAIN_OPTIONS, check_numbers
-from rnnlm.resume import CHECKPOINT_DIR, check_architecture, resolve_ckpt_path
+from rnnlm.resume import CHECKPOINT_DIR, check_architecture, check_resume_dir, resolve_ckpt_path
 from rnnlm.rundir import check_writable
 from rnnlm.runtime import auto_precision, keep_freed_memory
 
@@ -132,14 +134,26 @@ def until_interrupted(trainer: pl.Trainer, call: Callable[..., Any], *args: Any,
     try:
         result = call(*args, **kwargs)
     except SIGTERMException:
+        stop_launched_ranks(trainer)
         raise interrupted(trainer, signal.SIGTERM) from None
     except SystemExit:
         if trainer.state.status == TrainerStatus.INTERRUPTED:  # Lightning's exit after KeyboardInterrupt
             raise interrupted(trainer, signal.SIGINT) from None
         raise
+    except Exception:
+        stop_launched_ranks(trainer)
+        raise
     if trainer.received_sigterm:  # arrived where Lightning does not stop (the last batches)
         raise interrupted(trainer, signal.SIGTERM)
     return result
+
+
+def stop_launched_ranks(trainer: pl.Trainer) -> None:
+    """Rank 0 ends with an error: end the ranks it launched (Lightning does so only after
+    Ctrl-C), or they would die on the lost connection with a traceback of their own."""
+    launcher = trainer.strategy.launcher
+    if isinstance(launcher, _SubprocessScriptLauncher) and trainer.is_global_zero:
+        launcher.kill(_get_sigkill_signal())
 
 
 def interrupted(trainer: pl.Trainer, signum: signal.Signals) -> Interrupted:
@@ -159,10 +173,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     check_writable(output_dir)
-    for partial in remove_partial_files(output_dir / CHECKPOINT_DIR):
+    for partial in [*remove_partial_files(output_dir), *remove_partial_files(output_dir / CHECKPOINT_DIR)]:
         log.warning("removed %s, left by a write that did not finish", partial)
-    if cfg.get("resume_dir") and not cfg.get("ckpt_path"):
-        cfg.ckpt_path = "last"
+    if cfg.get("resume_dir"):
+        check_resume_dir(cfg.resume_dir)  # holds a checkpoint that loads (also checked before Hydra writes)
+        if not cfg.get("ckpt_path"):
+            cfg.ckpt_path = "last"
     if cfg.get("logger") and cfg.logger.get("wandb"):
         with open_dict(cfg):
             cfg.logger.wandb.update(wandb_settings(cfg, output_dir))
