@@ -14,6 +14,7 @@ import torch
 
 from rnnlm.checkpoint import CHECKPOINT_FORMAT
 from rnnlm.errors import CheckpointError, ConfigError, RnnlmError
+from rnnlm.files import DiskError
 from rnnlm.report import collect_runs
 from rnnlm.resume import check_resume_dir
 from rnnlm.rundir import LOCK_NAME, lock, unlock
@@ -71,7 +72,7 @@ def test_a_read_only_output_dir_fails_before_anything_runs(tmp_path, script):
                 if script == "train.py" else run_script(script, f"hydra.run.dir={run_dir}", "ckpt=/nonexistent", cwd=tmp_path)
             assert result.returncode == 2, result.stderr[-2000:]
             assert result.stderr.strip() == (f"error: output dir {run_dir} is not writable (Read-only file system); "
-                                             "free disk space, fix its permissions or pass hydra.run.dir=<a writable dir>")
+                                             "fix its permissions or pass hydra.run.dir=<a writable dir>")
 
 
 def test_resume_dir_must_be_a_run_dir_with_a_checkpoint_that_loads(tmp_path):
@@ -140,8 +141,9 @@ def test_a_disk_too_full_for_the_first_files_is_refused_before_hydra_writes(tmp_
 
     with tmpfs(tmp_path / "disk", "16k") as disk:
         (disk / "filler").write_bytes(b"\0" * 8192)
-        with pytest.raises(RnnlmError, match=r"output dir .* is not writable \(No space left on device\)"):
+        with pytest.raises(DiskError, match=r"output dir .*run cannot hold the run's files \(No space left on device, .* free\); free disk space") as info:
             check_writable(disk / "run")
+        assert info.value.exit_code == 1  # not bad input: a sweep stops rather than records it
 
 
 @pytest.mark.faults

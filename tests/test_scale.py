@@ -71,3 +71,22 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path, corpus_file):
     assert len(jobs) == 2
     sizes = sorted(yaml.safe_load((j / ".hydra" / "config.yaml").read_text())["model"]["hidden_size"] for j in jobs)
     assert sizes == [16, 24] and all((j / "metrics.json").is_file() for j in jobs)
+
+
+def test_a_relaunched_rank_runs_its_job_not_a_sweep(monkeypatch):
+    """Lightning re-runs sys.argv for DDP ranks > 0; inside a sweep that must be this job
+    alone, even when a preset (hparams_search=optuna) sets hydra.mode=MULTIRUN."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from rnnlm import cli
+
+    hydra_cfg = OmegaConf.create({"overrides": {"task": ["hparams_search=optuna", "model.hidden_size=64"]},
+                                  "run": {"dir": "outputs/x"}, "runtime": {"output_dir": "/sweep/3"}})
+    monkeypatch.setattr(cli, "_in_multirun", lambda: True)
+    monkeypatch.setattr(cli, "HydraConfig", SimpleNamespace(get=lambda: hydra_cfg))
+    monkeypatch.setattr(cli.sys, "argv", ["train.py", "-m", "hparams_search=optuna"])
+    cli.pin_job_for_relaunch()
+    assert cli.sys.argv == ["train.py", "hparams_search=optuna", "model.hidden_size=64", "hydra.mode=RUN"]
+    assert hydra_cfg.run.dir == "/sweep/3"

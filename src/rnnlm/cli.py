@@ -13,17 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rnnlm.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.files import NO_SPACE, disk_error, os_error_in, write_text
-from rnnlm.rundir import JOB_RECORD, failed_jobs
+from rnnlm.rundir import JOB_RECORD, failed_jobs, is_launched_rank
 
 log = logging.getLogger(__name__)
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -39,11 +39,11 @@ def pin_job_for_relaunch() -> None:
     """
     if not _in_multirun():
         return
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
     hydra_cfg = HydraConfig.get()
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    # hydra.mode=RUN: a preset such as hparams_search=optuna sets MULTIRUN, and a rank must not sweep.
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
 
@@ -80,8 +80,6 @@ def record_failed_job(err: RnnlmError) -> None:
     """A multirun job that failed on bad input: one line in its log and in its dir (the
     sweep's summary reads it, see ``rnnlm.rundir``). The job then returns None: the basic
     sweeper goes on to the next job, Optuna marks the trial failed (``max_failure_rate``)."""
-    from hydra.core.hydra_config import HydraConfig
-
     log.error("error: %s", err)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     failed_jobs[str(output_dir)] = str(err)
@@ -97,11 +95,9 @@ def as_user_error(err: BaseException) -> RnnlmError | None:
     cause = os_error_in(err)
     if cause is None or cause.errno not in (*NO_SPACE, errno.EIO):
         return None
-    from hydra.core.hydra_config import HydraConfig
-
     run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
     path = Path(cause.filename) if isinstance(cause.filename, str) else None
-    return disk_error(path, cause, "the checkpoints written before are intact", directory=path.parent if path else run_dir)
+    return disk_error(path, cause, "what was written before is intact", directory=path.parent if path else run_dir)
 
 
 def run_task(
@@ -121,7 +117,7 @@ def run_task(
     try:
         metrics, objects = task(cfg)
         exit_code = 0
-        if report is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        if report is not None and not is_launched_rank():
             print(report(metrics, objects), flush=True)
     except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (reading the corpus, sampling, ...)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -137,6 +133,8 @@ def run_task(
         if _in_multirun() and err.exit_code == ConfigError.exit_code and not isinstance(err, Interrupted):
             record_failed_job(err)
             return None
+        if _in_multirun() and "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
+            raise err from None  # a job on another machine: submitit reports a failed job, not an exit
         print(f"{err.prefix}: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     finally:

@@ -44,11 +44,13 @@ def free_space(directory: Path) -> str:
 
 def disk_error(path: Path | None, err: OSError, kept: str = "", directory: Path | None = None) -> DiskError:
     """One line: which file (if known), why, the free space, and what is still intact."""
-    what = "disk full" if err.errno in NO_SPACE else (err.strerror or type(err).__name__)
+    full = err.errno in NO_SPACE
+    what = "disk full" if full else (err.strerror or type(err).__name__)
     directory = directory or (path.parent if path is not None else Path.cwd())
     kept = f"; {kept}" if kept else ""
     return DiskError(
-        f"could not write {path or 'a file of the run'} ({what}, {free_space(directory)} in {directory}){kept}; "
+        f"could not {'write' if full else 'read or write'} {path or 'a file of the run'} "
+        f"({what}, {free_space(directory)} in {directory}){kept}; "
         "free disk space (or pass hydra.run.dir=<another disk>) and run again"
     )
 
@@ -87,14 +89,22 @@ def streamed(path: str | Path, **kwargs: Any) -> Iterator[IO[str]]:
     once complete. Interrupted, the ``.partial`` file keeps what was written."""
     path = Path(path)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    kept = f"what was written is in {partial.name}"
     try:
-        with open(partial, "w", **kwargs) as handle:
-            yield handle
+        handle = open(partial, "w", **kwargs)  # noqa: SIM115 - closed below, after the caller's writes
+    except OSError as err:
+        raise disk_error(path, err) from None
+    with handle:
+        yield handle  # the caller's own write errors are the caller's to name
+        try:
             handle.flush()
             os.fsync(handle.fileno())
+        except OSError as err:
+            raise disk_error(path, err, kept) from None
+    try:
         os.replace(partial, path)
     except OSError as err:
-        raise disk_error(path, err, f"what was written is in {partial.name}") from None
+        raise disk_error(path, err, kept) from None
 
 
 def os_error_in(err: BaseException) -> OSError | None:

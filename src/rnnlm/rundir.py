@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.errors import RnnlmError
+from rnnlm.files import NO_SPACE, DiskError, free_space
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".rnnlm.lock"
@@ -52,8 +53,13 @@ def check_writable(directory: Path) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as err:
+        if err.errno in (*NO_SPACE, errno.EIO):
+            raise DiskError(
+                f"output dir {directory} cannot hold the run's files ({err.strerror}, {free_space(directory)}); "
+                "free disk space or pass hydra.run.dir=<another disk>"
+            ) from None
         raise RnnlmError(
-            f"output dir {directory} is not writable ({err.strerror}); free disk space, fix "
+            f"output dir {directory} is not writable ({err.strerror}); fix "
             "its permissions or pass hydra.run.dir=<a writable dir>"
         ) from None
 

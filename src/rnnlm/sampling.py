@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.checkpoint import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.errors import CheckpointError, ConfigError
-from rnnlm.files import streamed, write_text
+from rnnlm.files import disk_error, streamed, write_text
 from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import check_known, encode_prompt
 from rnnlm.generation.scoring import score_ids
@@ -95,7 +95,8 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
     with ExitStack() as stack:
         # Each stream's text goes to its own file as it is produced: memory stays bounded. A
         # file takes its final name once complete (interrupted: sample_<i>.txt.partial).
-        files = [stack.enter_context(streamed(output_dir / f"sample_{i}.txt", encoding="utf-8")) for i in range(n)]
+        paths = [output_dir / f"sample_{i}.txt" for i in range(n)]
+        files = [stack.enter_context(streamed(path, encoding="utf-8")) for path in paths]
         if not beam:
             for f in files:
                 f.write(prompt)
@@ -103,7 +104,10 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
         def on_step(tokens: torch.Tensor, active: torch.Tensor) -> None:
             for i, (token, alive) in enumerate(zip(tokens.tolist(), active.tolist())):
                 if alive:
-                    files[i].write(vocab[token])
+                    try:
+                        files[i].write(vocab[token])
+                    except OSError as err:
+                        raise disk_error(paths[i], err, f"what was written is in {paths[i].name}.partial") from None
             if echo and bool(active[0]):
                 sys.stdout.write(vocab[int(tokens[0])])
                 sys.stdout.flush()
