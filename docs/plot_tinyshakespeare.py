@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rnnlm.report import _pyplot, find_metrics_csvs, load_curve
+from rnnlm.report import find_metrics_csvs, load_curve, pyplot
 
 # Reference figures from the issue tracker (nats/char on the same split), and our targets.
 REFERENCES = {
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/tinyshakespeare_val_loss.png"))
     parser.add_argument("--machine", default="2-core CPU")
     args = parser.parse_args()
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.0), dpi=100)
     for spec in args.runs:
         label, _, run_dir = spec.rpartition("=")  # the label may hold "=" (experiment=...)

@@ -8,7 +8,7 @@ import torch
 
 from rnnlm import runtime
 from rnnlm.checkpoint import load_model
-from rnnlm.generation.scoring import score_totals
+from rnnlm.evaluation import score_totals
 from rnnlm.models import LanguageModel
 from rnnlm.train import train
 from tests.conftest import CONF_DIR, TINY, compose_train

@@ -345,8 +345,8 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]
 # ---------------------------------------------------------------- the plots
 
 
-def _pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend."""
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (also used by docs/plot_tinyshakespeare.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,7 +362,7 @@ def _no_data(ax: Any, text: str) -> None:
 
 def plot_bpc_vs_hidden(runs: Sequence[Run], path: Path) -> None:
     """Final val/bpc against hidden size, one line (best per size) per (cell, num_layers)."""
-    plt = _pyplot()
+    plt = pyplot()
     groups: dict[tuple[str, str], dict[float, list[float]]] = {}
     for run in runs:
         size, bpc = _as_float(run.config.get("hidden_size")), run.val_bpc
@@ -406,7 +406,7 @@ def curve_labels(runs: Sequence[Run]) -> tuple[list[str], list[str]]:
 
 def plot_val_curves(runs: Sequence[Run], path: Path) -> None:
     """val/bpc against step for every run with a CSV log, labelled by its overrides."""
-    plt = _pyplot()
+    plt = pyplot()
     drawn = [run for run in runs if run.curve]
     labels, shared = curve_labels(drawn)
     fig, ax = plt.subplots(figsize=PLOT_SIZE, dpi=PLOT_DPI)

@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.checkpoint import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.errors import CheckpointError, ConfigError
+from rnnlm.evaluation import score_ids
 from rnnlm.files import disk_error, streamed, write_text
 from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import check_known, encode_prompt
-from rnnlm.generation.scoring import score_ids
 from rnnlm.generation.stats import sample_statistics
 from rnnlm.options import SAMPLE_OPTIONS, check_numbers, existing_file
 from rnnlm.runtime import keep_freed_memory

@@ -1,5 +1,5 @@
+from rnnlm.evaluation import score_ids
 from rnnlm.generation.decoding import DecodeSettings, Generation, beam_search, filter_logits, generate, stream
-from rnnlm.generation.scoring import score_ids
 from rnnlm.generation.stats import distinct_n, repetition_rate, sample_statistics
 
 __all__ = [

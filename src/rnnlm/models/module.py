@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
-from rnnlm.generation.scoring import fit_logit_scale, score_totals
+from rnnlm.evaluation import fit_logit_scale, score_totals
 from rnnlm.models.rnn import RNNLM
 
 CHECKPOINT_FORMAT = "rnnlm/1"

@@ -1,4 +1,8 @@
-"""Likelihood of a text under a model: loss, perplexity, bits per token, accuracy."""
+"""Likelihood of a text under a model: loss, perplexity, bits per token, accuracy.
+
+Training's evaluation (``models.module``) and sampling's score mode (``rnnlm.sampling``)
+both use it, so it depends on neither: data <- models <- generation, with this below both.
+"""
 
 from __future__ import annotations
 
