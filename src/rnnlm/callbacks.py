@@ -108,7 +108,10 @@ class TokenThroughput(pl.Callback):
 
 
 class FiniteLoss(pl.Callback):
-    """Stops training at the first NaN/inf loss, before any checkpoint can hold bad weights."""
+    """Stops training at the first NaN/inf loss, before any checkpoint can hold bad weights.
+
+    Lightning's ``EarlyStopping(check_finite=True)`` looks at a monitored metric when it is
+    logged (validation); this looks at every training step's loss."""
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -125,6 +128,10 @@ class FiniteLoss(pl.Callback):
 
 class CheckpointOnInterrupt(pl.Callback):
     """On Ctrl-C (SIGINT) or SIGTERM, save the current state as ``last-interrupted.ckpt``.
+
+    Lightning's ``OnExceptionCheckpoint`` saves on every exception, a NaN loss or a full
+    disk included, where the weights or the disk are what failed; this saves only when the
+    run was stopped from outside (the NaN test in tests/test_faults.py checks the difference).
 
     ``python train.py resume_dir=<run dir>`` (or ``ckpt_path=last``) then continues from it:
     Lightning picks the newest ``last*.ckpt``. Lightning turns SIGTERM into
