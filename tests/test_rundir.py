@@ -16,8 +16,8 @@ from rnnlm.checkpoint import CHECKPOINT_FORMAT
 from rnnlm.errors import CheckpointError, ConfigError, RnnlmError
 from rnnlm.files import DiskError
 from rnnlm.report import collect_runs
-from rnnlm.resume import check_resume_dir
-from rnnlm.rundir import LOCK_NAME, lock, unlock
+from rnnlm.resume import resolve_ckpt_path
+from rnnlm.rundir import LOCK_NAME, check_resume_dir, lock, unlock
 from tests.mounts import tmpfs
 from tests.processes import ROOT, run_script, started
 from tests.test_writes import TINY_CLI
@@ -84,11 +84,14 @@ def test_resume_dir_must_be_a_run_dir_with_a_checkpoint_that_loads(tmp_path):
     with pytest.raises(ConfigError, match=r"holds no checkpoints/ dir, so it is not a run dir"):
         check_resume_dir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(CheckpointError, match=r"holds no checkpoint that loads \(skipped: .*last.ckpt \(unreadable\)\)"):
+    with pytest.raises(ConfigError, match=r"checkpoints/ holds no checkpoint; pass the dir of an earlier run"):
         check_resume_dir(tmp_path)
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    assert check_resume_dir(tmp_path) == tmp_path  # its structure; whether one loads is read once, by the run
+    with pytest.raises(CheckpointError, match=r"resume_dir=.*holds no checkpoint that loads \(skipped: .*last.ckpt \(unreadable\)\)"):
+        resolve_ckpt_path("last", tmp_path, resuming=True)
     torch.save({"rnnlm_format": CHECKPOINT_FORMAT}, tmp_path / "checkpoints" / "last-step000005.ckpt")
-    assert check_resume_dir(tmp_path) == tmp_path
+    assert resolve_ckpt_path("last", tmp_path, resuming=True)[0].name == "last-step000005.ckpt"
 
 
 @pytest.mark.faults

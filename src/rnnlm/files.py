@@ -122,8 +122,8 @@ def os_error_in(err: BaseException) -> OSError | None:
     return None
 
 
-def write_text(path: str | Path, text: str, kept: str = "") -> None:
-    with atomic_open(path, "w", kept=kept, encoding="utf-8") as handle:
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 

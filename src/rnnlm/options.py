@@ -110,7 +110,6 @@ TRAIN_OPTIONS: dict[str, Number] = {
     "data.splits.*": UNIT,
     "data.calibration": Number(low=0, high=1, high_open=True),
     "data.num_workers": NON_NEGATIVE_INT,
-    "model.vocab_size": COUNT,
     "model.hidden_size": COUNT,
     "model.num_layers": COUNT,
     "model.dropout": PROBABILITY,

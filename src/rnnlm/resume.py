@@ -13,38 +13,29 @@ from pathlib import Path
 from typing import Any
 
 from rnnlm.checkpoint import newest_loadable, read_checkpoint
-from rnnlm.errors import ConfigError, RnnlmError
-from rnnlm.options import existing_dir, existing_file
+from rnnlm.errors import RnnlmError
+from rnnlm.options import existing_file
+from rnnlm.rundir import CHECKPOINT_DIR, RESUME_HINT
 
 log = logging.getLogger(__name__)
-CHECKPOINT_DIR = "checkpoints"
-RESUME_HINT = "pass the dir of an earlier run (outputs/train/runs/<date>), or drop resume_dir= to start a new run"
 CKPT_PATH_HINT = "pass ckpt_path=<a .ckpt file>, ckpt_path=last, or resume_dir=<an earlier run dir>"
 # Settings that shape the network: resuming with another value cannot load the weights.
 ARCHITECTURE = ("cell", "hidden_size", "num_layers", "embedding_dim", "tie_weights")
 
 
-def check_resume_dir(resume_dir: Any) -> Path:
-    """``resume_dir`` exists, is a directory and holds a checkpoint that loads."""
-    run_dir = existing_dir("resume_dir", resume_dir, RESUME_HINT)
-    checkpoints = run_dir / CHECKPOINT_DIR
-    if not checkpoints.is_dir():
-        raise ConfigError(f"resume_dir={run_dir} holds no {CHECKPOINT_DIR}/ dir, so it is not a run dir; {RESUME_HINT}")
-    newest_loadable(checkpoints, f"resume_dir={run_dir}", RESUME_HINT)
-    return run_dir
-
-
-def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint ``train.py`` continues from. ``last``: the newest loadable one in this
-    run's ``checkpoints/``, or None (a fresh start, as Lightning does, so that a requeued job
-    can always pass it) when there is none yet; checkpoints that all fail to load are an
-    error. Otherwise a file that must be a readable rnnlm checkpoint."""
+def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, resuming: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint ``train.py`` continues from, read once here (Lightning reads it again).
+    ``last``: the newest loadable one in this run's ``checkpoints/``; with none yet, None (a
+    fresh start, as Lightning does, so that a requeued job can always pass it) unless
+    ``resuming`` (``resume_dir=``); checkpoints that all fail to load are an error.
+    Otherwise a file that must be a readable rnnlm checkpoint."""
     if str(ckpt_path) == "last":
         directory = output_dir / CHECKPOINT_DIR
-        if not (directory.is_dir() and any(directory.glob("*.ckpt"))):
+        option, hint = (f"resume_dir={output_dir}", RESUME_HINT) if resuming else ("ckpt_path=last", CKPT_PATH_HINT)
+        if not resuming and not (directory.is_dir() and any(directory.glob("*.ckpt"))):
             log.warning("ckpt_path=last: no checkpoint in %s yet; starting from scratch", directory)
             return None
-        return newest_loadable(directory, "ckpt_path=last", CKPT_PATH_HINT)
+        return newest_loadable(directory, option, hint)
     path = existing_file("ckpt_path", ckpt_path, CKPT_PATH_HINT)
     return path, read_checkpoint(path, "ckpt_path", CKPT_PATH_HINT)
 

@@ -23,11 +23,14 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlm.errors import RnnlmError
+from rnnlm.errors import ConfigError, RnnlmError
 from rnnlm.files import NO_SPACE, DiskError, free_space
+from rnnlm.options import existing_dir
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".rnnlm.lock"
+CHECKPOINT_DIR = "checkpoints"
+RESUME_HINT = "pass the dir of an earlier run (outputs/train/runs/<date>), or drop resume_dir= to start a new run"
 JOB_RECORD = "metrics.json"  # a failed multirun job leaves {"error": ...} here
 RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
 
@@ -41,6 +44,18 @@ def is_launched_rank() -> bool:
 
 
 WRITE_TEST_BYTES = 64 * 1024  # a disk with less free space than this cannot hold even the first files
+
+
+def check_resume_dir(resume_dir: Any) -> Path:
+    """``resume_dir`` is an existing run dir with a checkpoint in it; whether one loads is
+    decided when the run reads it (``rnnlm.resume``), so it is read once."""
+    run_dir = existing_dir("resume_dir", resume_dir, RESUME_HINT)
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if not checkpoints.is_dir():
+        raise ConfigError(f"resume_dir={run_dir} holds no {CHECKPOINT_DIR}/ dir, so it is not a run dir; {RESUME_HINT}")
+    if not any(checkpoints.glob("*.ckpt")):
+        raise ConfigError(f"resume_dir={run_dir}: {checkpoints}/ holds no checkpoint; {RESUME_HINT}")
+    return run_dir
 
 
 def check_writable(directory: Path) -> None:
@@ -138,8 +153,6 @@ class RunDirGuard(Callback):
         try:
             resume_dir = OmegaConf.select(config, "resume_dir", default=None)
             if resume_dir:
-                from rnnlm.resume import check_resume_dir  # torch: only needed here
-
                 check_resume_dir(resume_dir)
             if not is_launched_rank():
                 claim(Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute())

@@ -29,8 +29,8 @@ from rnnlm.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.files import write_text
 from rnnlm.models.module import LanguageModel
 from rnnlm.options import TRAIN_OPTIONS, check_numbers
-from rnnlm.resume import CHECKPOINT_DIR, check_architecture, check_resume_dir, resolve_ckpt_path
-from rnnlm.rundir import check_writable
+from rnnlm.resume import check_architecture, resolve_ckpt_path
+from rnnlm.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable
 from rnnlm.runtime import auto_precision, keep_freed_memory
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     for partial in [*remove_partial_files(output_dir), *remove_partial_files(output_dir / CHECKPOINT_DIR)]:
         log.warning("removed %s, left by a write that did not finish", partial)
     if cfg.get("resume_dir"):
-        check_resume_dir(cfg.resume_dir)  # holds a checkpoint that loads (also checked before Hydra writes)
+        check_resume_dir(cfg.resume_dir)  # also checked before Hydra writes; here for in-process calls
         if not cfg.get("ckpt_path"):
             cfg.ckpt_path = "last"
     if cfg.get("logger") and cfg.logger.get("wandb"):
@@ -186,7 +186,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     resume_from = None
     if cfg.get("ckpt_path"):  # checked before the corpus is read: a wrong path fails at once
         given = cfg.ckpt_path if str(cfg.ckpt_path) == "last" else to_absolute_path(str(cfg.ckpt_path))
-        resume_from = resolve_ckpt_path(given, output_dir)
+        resume_from = resolve_ckpt_path(given, output_dir, resuming=bool(cfg.get("resume_dir")))
 
     resolve_precision(cfg)
     datamodule = build_datamodule(cfg)
