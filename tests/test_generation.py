@@ -191,7 +191,8 @@ def test_fast_step_matches_the_module(cell, embedding_dim, hidden_size, onednn):
 
 
 def test_fit_logit_scale_undoes_an_overconfident_output_layer():
-    from rnnlm.evaluation import fit_logit_scale, score_totals
+    from rnnlm.calibration import fit_logit_scale
+    from rnnlm.evaluation import score_totals
 
     net = random_lstm(seed=3)
     with torch.no_grad():  # peakier predictions than at initialisation: a sharper optimum

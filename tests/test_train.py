@@ -8,9 +8,10 @@ import torch
 
 from rnnlm import runtime
 from rnnlm.checkpoint import load_model
+from rnnlm.errors import ConfigError
 from rnnlm.evaluation import score_totals
 from rnnlm.models import LanguageModel
-from rnnlm.train import train
+from rnnlm.train import resolve_precision, train
 from tests.conftest import CONF_DIR, TINY, compose_train
 from tests.processes import run_script as run_cli
 
@@ -47,15 +48,31 @@ def test_default_run_is_budgeted_in_steps(tmp_path):
 
 @pytest.mark.parametrize("cell, native, expected", [("lstm", True, "bf16-mixed"), ("lstm", False, "32-true"),
                                                      ("gru", True, "32-true"), ("rnn", True, "32-true")])
-def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, corpus_file, monkeypatch, cell, native, expected):
+def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, monkeypatch, cell, native, expected):
     """bf16 needs native CPU support to pay, and pays on the CPU for the LSTM only."""
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=auto", f"model.cell={cell}",
-                         "trainer.max_steps=4", "trainer.val_check_interval=4", "test=false",
-                         "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_train(["trainer.precision=auto", "trainer.accelerator=cpu", f"model.cell={cell}"], tmp_path)
+    resolve_precision(cfg)
+    assert cfg.trainer.precision == expected
+
+
+def test_auto_precision_is_what_the_run_uses_and_records(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=auto", "trainer.max_steps=4",
+                         "trainer.val_check_interval=4", "test=false", "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
+    expected = runtime.auto_precision("cpu", "lstm")[0]
     assert objects["trainer"].precision == expected
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == expected
+
+
+def test_bf16_lstm_is_refused_on_a_cpu_without_native_bf16(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    cfg = compose_train(["trainer.precision=bf16-mixed", "trainer.accelerator=cpu"], tmp_path)
+    with pytest.raises(ConfigError, match="needs a CPU with native bf16.*trainer.precision=auto"):
+        resolve_precision(cfg)
+    cfg = compose_train(["trainer.precision=bf16-mixed", "trainer.accelerator=cpu", "model.cell=gru"], tmp_path)
+    resolve_precision(cfg)  # nn.GRU runs under bf16 autocast anywhere, if slowly
+    assert cfg.trainer.precision == "bf16-mixed"
 
 
 def test_native_bf16_is_read_from_the_cpu():
@@ -225,7 +242,8 @@ def test_last_step_is_validated_and_checkpointed(tmp_path, corpus_file):
     assert ckpt["global_step"] == 25  # last.ckpt follows the validation at the final step
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", [pytest.param("lstm", marks=pytest.mark.skipif(
+    not runtime.native_cpu_bf16(), reason="oneDNN has no bf16 LSTM for a CPU without native bf16")), "gru"])
 def test_bf16_mixed_trains_on_cpu_and_checkpoints_fp32(tmp_path, corpus_file, cell):
     cfg = compose_train([*TINY, f"data.path={corpus_file}", f"model.cell={cell}", "trainer.precision=bf16-mixed", "model.optimizer.lr=0.01",
                          "trainer.max_steps=40", "trainer.val_check_interval=40", "test=false",

@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+from rnnlm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 # glibc mallopt parameters (malloc.h)
@@ -84,6 +86,17 @@ def auto_precision(accelerator: str, cell: str = "lstm") -> tuple[str, str]:
     if native_cpu_bf16():
         return "bf16-mixed", "the CPU has native bf16: AVX512-BF16 or AMX"
     return "32-true", "the CPU has no native bf16"
+
+
+def check_precision(precision: str, accelerator: str, cell: str) -> None:
+    """Refuse what cannot run: oneDNN builds no bf16 LSTM kernel for a CPU without native bf16,
+    so ``nn.LSTM`` under bf16 autocast fails there on its first step."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and cell == "lstm" and str(precision).startswith("bf16") and not native_cpu_bf16():
+        raise ConfigError(
+            f"trainer.precision={precision} with model.cell=lstm needs a CPU with native bf16 (AVX512-BF16 or AMX), "
+            "which this one lacks; use trainer.precision=auto (fp32 here) or 32-true"
+        )
 
 
 def cuda_bf16_here() -> bool:

@@ -22,6 +22,7 @@ from pytorch_lightning.trainer.connectors.signal_connector import _get_sigkill_s
 from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from rnnlm.calibration import Calibrate
 from rnnlm.callbacks import CheckpointOnInterrupt, sample_texts
 from rnnlm.checkpoint_io import remove_partial_files
 from rnnlm.data.datamodule import CorpusDataModule
@@ -31,7 +32,7 @@ from rnnlm.models.module import LanguageModel
 from rnnlm.options import TRAIN_OPTIONS, check_numbers
 from rnnlm.resume import check_architecture, resolve_ckpt_path
 from rnnlm.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable
-from rnnlm.runtime import auto_precision, keep_freed_memory
+from rnnlm.runtime import auto_precision, check_precision, keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,15 @@ def build(config: DictConfig, name: str = "", **kwargs: Any) -> Any:
 
 
 def resolve_precision(cfg: DictConfig) -> None:
-    """``trainer.precision=auto``: bf16-mixed where it is faster (see ``auto_precision``), else fp32."""
+    """``trainer.precision=auto``: bf16-mixed where it is faster (see ``auto_precision``), else fp32;
+    a precision given explicitly is checked against what this machine can run."""
+    accelerator, cell = str(cfg.trainer.get("accelerator", "auto")), str(cfg.model.get("cell", "lstm"))
     if str(cfg.trainer.get("precision")) == "auto":
-        precision, reason = auto_precision(str(cfg.trainer.get("accelerator", "auto")), str(cfg.model.get("cell", "lstm")))
+        precision, reason = auto_precision(accelerator, cell)
         with read_write(cfg.trainer):
             cfg.trainer.precision = precision
         log.info("trainer.precision=auto: %s (%s)", precision, reason)
+    check_precision(str(cfg.trainer.get("precision")), accelerator, cell)
 
 
 def instantiate_group(group: DictConfig | None, name: str) -> list[Any]:
@@ -198,6 +202,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ckpt_path = str(path)  # Lightning loads it again, with the trainer state
         del checkpoint, resume_from
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    if "calibration" in datamodule.tokens and not any(isinstance(c, Calibrate) for c in callbacks):
+        log.warning("data.calibration=%s holds text out of training, but no callback fits on it: "
+                    "add callbacks.calibrate (in callbacks=default) or set data.calibration=0", cfg.data.calibration)
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     log_run_facts(loggers, cfg, model, datamodule)

@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
-from rnnlm.evaluation import fit_logit_scale, score_totals
+from rnnlm.evaluation import score_totals
 from rnnlm.models.rnn import RNNLM
 
 CHECKPOINT_FORMAT = "rnnlm/1"
 LN2 = math.log(2)
-CALIBRATION_LANES = 4  # lanes of ~2.8k characters for tiny-shakespeare's 1%
 
 
 class LanguageModel(pl.LightningModule):
@@ -58,7 +57,6 @@ class LanguageModel(pl.LightningModule):
         )
         self.carry_state = False  # set at fit start when the data comes in lanes
         self._train_state = None
-        self._fitted_scale: float | None = None  # the last logit scale data.calibration fitted
         self.val_loss_best = MinMetric()
 
     @staticmethod
@@ -136,35 +134,16 @@ class LanguageModel(pl.LightningModule):
         self.log(f"{split}/loss_stateful", loss, sync_dist=True)
         self.log(f"{split}/bpc_stateful", loss / LN2, sync_dist=True)
 
-    # The stateful pass runs at epoch start: a weight-averaging callback (EMA/SWA) has swapped
-    # its averaged weights in by then and swaps them back before this module's epoch-end hook.
+    # The stateful pass runs at epoch start, after every callback's: a weight-averaging
+    # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.calibration's
+    # callback has fitted the logit scale.
     def on_validation_epoch_start(self) -> None:
-        self._calibrate()
         self._log_stateful("val")
-
-    def _calibrate(self) -> None:
-        """Fit the logit scale (1 / softmax temperature) on the held-out start of the train split
-        (``data.calibration``), before this validation scores the model. An overfitting model
-        is over-confident; this pass of ~1% of the data takes that back. Every rank fits the
-        same scale on the same tokens."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        tokens = getattr(datamodule, "tokens", {}).get("calibration")
-        if tokens is None or self.trainer.sanity_checking:
-            return
-        scale, loss_raw, loss = fit_logit_scale(self.net, tokens, lanes=CALIBRATION_LANES)
-        self.net.logit_scale.fill_(scale)
-        self._fitted_scale = scale
-        self.log_dict({"calibration/logit_scale": scale, "calibration/loss_raw": loss_raw, "calibration/loss": loss},
-                      sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         self._log_stateful("test")
 
     def on_validation_epoch_end(self) -> None:
-        if self._fitted_scale is not None:
-            # A weight-averaging callback has swapped the training weights back by now, and it
-            # averages buffers too: they must hold the fitted scale, or the average drifts to 1.
-            self.net.logit_scale.fill_(self._fitted_scale)
         loss = self._log_split("val")
         if not self.trainer.sanity_checking:
             self.val_loss_best.update(torch.tensor(loss))

@@ -80,8 +80,7 @@ class RNNLM(nn.Module):
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight
-        # Multiplies the logits outside training: 1 / the softmax temperature fitted on held-out
-        # text (data.calibration, see LanguageModel); 1 = uncalibrated. Saved with the weights.
+        # Multiplies the logits outside training; fitted by rnnlm.calibration, 1 = uncalibrated.
         self.register_buffer("logit_scale", torch.ones(()))
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
