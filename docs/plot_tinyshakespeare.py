@@ -4,7 +4,9 @@
         --out docs/tinyshakespeare_val_loss.png
 
 Each run dir is a training run with the CSV logger (``logger=csv``); a point is a validation:
-its ``val/loss_stateful`` at the ``time/elapsed_s`` logged at or just before that step.
+its ``val/loss_stateful`` at the training time logged at or just after that step: Lightning's
+``ThroughputMonitor`` logs ``train/time`` (validation excluded); logs that hold
+``time/elapsed_s`` instead (wall time since fitting began, validation included) are read too.
 """
 
 from __future__ import annotations
@@ -26,12 +28,11 @@ REFERENCES = {
 def stateful_curve(run_dir: Path) -> list[tuple[float, float]]:
     """(minutes of training, stateful val loss) at each validation during fitting.
 
-    A validation's metrics carry the step before its ``time/elapsed_s`` (logged when it
-    ends); the re-validation of the best checkpoint after fitting, one step later than any
+    A validation's metrics carry the step before the next logged time; the re-validation of the best checkpoint after fitting, one step later than any
     training step, is left out.
     """
     paths = find_metrics_csvs(run_dir)
-    elapsed = load_curve(paths, "time/elapsed_s")
+    elapsed = load_curve(paths, "train/time") or load_curve(paths, "time/elapsed_s")
     train_steps = [step for step, _ in load_curve(paths, "train/loss")]
     curve = []
     for step, loss in load_curve(paths, "val/loss_stateful"):
@@ -39,7 +40,7 @@ def stateful_curve(run_dir: Path) -> list[tuple[float, float]]:
         if train_steps and step <= train_steps[-1] and later:
             curve.append((later[0] / 60, loss))
     if not curve:
-        raise SystemExit(f"error: no val/loss_stateful with time/elapsed_s in {run_dir}/csv; train with logger=csv")
+        raise SystemExit(f"error: no val/loss_stateful with train/time in {run_dir}/csv; train with logger=csv")
     return curve
 
 

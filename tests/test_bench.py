@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm.bench import flops_per_token, main, naive_generate, write_corpus
-from rnnlm.models.rnn import RNNLM
+from rnnlm.bench import main, naive_generate, write_corpus
+from rnnlm.models.rnn import RNNLM, flops_per_token
 from rnnlm.runtime import native_cpu_bf16
 
 REQUIRED = (

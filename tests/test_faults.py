@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 
 from rnnlm.data import CorpusDataModule
 from rnnlm.errors import ConfigError, RnnlmError
-from rnnlm.models import LanguageModel
+from rnnlm.models import RNNLM, LanguageModel
 from rnnlm.rundir import check_writable
 from rnnlm.train import train
 from tests.conftest import TINY, compose_train
@@ -67,7 +67,7 @@ def test_huge_vocabulary_is_capped_and_one_hot_refused(tmp_path):
     capped.setup()
     assert capped.vocab_size == 500
     with pytest.raises(ConfigError, match=r"one-hot input with a vocabulary of \d+ tokens exceeds model.onehot_max_vocab=1024; set model.embedding_dim"):
-        LanguageModel(vocab_size=dm.vocab_size, tokenizer=dm.tokenizer.to_dict(), embedding_dim=None)
+        RNNLM(vocab_size=dm.vocab_size, embedding_dim=None)
 
 
 @pytest.mark.faults

@@ -89,6 +89,14 @@ def test_warmup_cosine_schedule():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[60] == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+    import math
+
+    def closed_form(step: int) -> float:  # the curve, written out
+        if step < 10:
+            return (step + 1) / 10
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min((step - 10) / 100, 1.0)))
+
+    assert lrs == pytest.approx([closed_form(step) for step in range(120)], abs=1e-12)
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "addmm"])
@@ -141,3 +149,33 @@ def test_gru_model_takes_the_cpu_path_and_keeps_nn_gru_elsewhere(monkeypatch):
     monkeypatch.setattr(gru_cpu, "usable", lambda *a: False)
     slow, _ = net(tokens)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_network_settings_are_declared_once_in_rnnlm():
+    """LanguageModel passes every network setting through to RNNLM and stores them all (the
+    defaults too) as flat plain hyper-parameters; the model config sets each of them."""
+    import functools
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from rnnlm.models import LanguageModel
+    from tests.conftest import CONF_DIR
+
+    declared = set(inspect.signature(RNNLM).parameters) - {"vocab_size"}
+    model = LanguageModel(vocab_size=20, tokenizer={}, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+                          hidden_size=12, num_layers=1, input_dropout=0.25)
+    assert declared <= set(model.hparams)
+    assert model.hparams["input_dropout"] == 0.25 and model.net.input_dropout.p == 0.25
+    assert model.hparams["embedding_dim"] == 64  # RNNLM's default, stored
+    assert set(LanguageModel.architecture(model.hparams)) == declared | {"vocab_size"}
+    assert declared <= set(OmegaConf.load(f"{CONF_DIR}/model/lstm.yaml"))
+    with pytest.raises(ConfigError, match="model.hiden_size is not a setting of the model; it has cell, hidden_size"):
+        LanguageModel(vocab_size=20, tokenizer={}, optimizer=functools.partial(torch.optim.SGD, lr=0.1), hiden_size=3)
+
+
+def test_the_optimiser_comes_from_the_config_only():
+    from rnnlm.models import LanguageModel
+
+    with pytest.raises(ConfigError, match="model.optimizer is null"):
+        LanguageModel(vocab_size=20, tokenizer={}, optimizer=None)

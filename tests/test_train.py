@@ -183,6 +183,11 @@ def test_averaged_weights_keep_the_fitted_logit_scale(tmp_path, corpus_file):
     train(cfg)
     rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
     fitted = next(float(r["calibration/logit_scale"]) for r in rows if r.get("calibration/logit_scale") and r["step"] == "19")
+    # Lightning's ThroughputMonitor counts windows and tokens with our batch functions
+    counted = [r for r in rows if r.get("train/lengths")]
+    assert counted and all(float(r["train/samples"]) == 16 * float(r["train/batches"]) for r in counted)
+    assert all(float(r["train/lengths"]) == 32 * float(r["train/samples"]) for r in counted)
+    assert [float(r["train/time"]) for r in counted] == sorted(float(r["train/time"]) for r in counted)
     ckpt = torch.load(tmp_path / "checkpoints" / "last-step000025.ckpt", weights_only=True)
     assert fitted != pytest.approx(1.0, abs=0.05)
     assert float(ckpt["state_dict"]["net.logit_scale"]) == pytest.approx(fitted)
@@ -253,3 +258,11 @@ def test_bf16_mixed_trains_on_cpu_and_checkpoints_fp32(tmp_path, corpus_file, ce
     assert metrics["val/loss"] < unigram_entropy(dm.tokens["train"])
     ckpt = torch.load(objects["last_ckpt"], weights_only=True)
     assert all(t.dtype == torch.float32 for t in ckpt["state_dict"].values() if t.is_floating_point())
+
+
+def test_a_run_without_a_logger_trains(tmp_path, corpus_file):
+    """The default callbacks include a LearningRateMonitor, which Lightning refuses without a logger."""
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                         "test=false", "callbacks.sample_text=null"], tmp_path)
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == 2 and (tmp_path / "metrics.json").is_file()

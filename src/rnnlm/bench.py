@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from rnnlm.models import gru_cpu
+from rnnlm.models.rnn import flops_per_token
 from rnnlm.runtime import keep_freed_memory, native_cpu_bf16
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 MB = 1_000_000
 
 
@@ -196,22 +196,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_1m_start": round(load[0], 2),
     }
-
-
-def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: int,
-                    embedding_dim: int | None) -> float:
-    """Forward FLOPs per token: 2 x multiply-adds of every matmul (recurrent layers + output).
-
-    A layer does ``gates * H * (input + H)`` MACs per token (LSTM: 4 gates, GRU: 3); one-hot
-    input counts as a matmul with ``vocab_size`` inputs. Training is taken as 3 x forward.
-    """
-    gates = GATES[cell]
-    macs, width = 0, embedding_dim if embedding_dim is not None else vocab_size
-    for _ in range(num_layers):
-        macs += gates * hidden_size * (width + hidden_size)
-        width = hidden_size
-    macs += hidden_size * vocab_size
-    return 2.0 * macs
 
 
 # ----------------------------------------------------------------------------- 1. GEMM peak

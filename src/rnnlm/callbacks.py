@@ -1,9 +1,8 @@
-"""Lightning callbacks: samples during training, throughput, and a guard against NaN loss."""
+"""Lightning callbacks: samples during training, a guard against NaN loss, checkpoints on a signal."""
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -78,33 +77,14 @@ class SampleText(pl.Callback):
                 logger.log_text(key="samples", columns=["step", "temperature", "text"], data=self.rows, step=step)
 
 
-class TokenThroughput(pl.Callback):
-    """Logs ``train/tokens_per_s`` (all ranks together) over the last ``window`` steps, and
-    ``time/elapsed_s`` since fitting began (for curves against wall time)."""
+def windows_in(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Windows in a batch: the ``batch_size_fn`` of Lightning's ``ThroughputMonitor``."""
+    return batch[1].size(0)
 
-    def __init__(self, window: int = 50):
-        self.window = window
-        self._start: float | None = None
-        self._tokens = 0
-        self._fit_start = time.perf_counter()
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
-            for logger in trainer.loggers:
-                logger.log_metrics({"time/elapsed_s": time.perf_counter() - self._fit_start}, step=trainer.global_step)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._start is None:  # the first step includes warm-up; start the clock after it
-            self._start, self._tokens = now, 0
-            return
-        self._tokens += batch[1].numel() * trainer.world_size
-        if trainer.global_step % self.window == 0 and now > self._start:
-            pl_module.log("train/tokens_per_s", self._tokens / (now - self._start), on_step=True, on_epoch=False, rank_zero_only=True)
-            self._start, self._tokens = now, 0
+def tokens_in(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Predicted tokens in a batch: the ``length_fn`` of Lightning's ``ThroughputMonitor``."""
+    return batch[1].numel()
 
 
 class FiniteLoss(pl.Callback):

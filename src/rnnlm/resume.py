@@ -14,13 +14,16 @@ from typing import Any
 
 from rnnlm.checkpoint import newest_loadable, read_checkpoint
 from rnnlm.errors import RnnlmError
+from rnnlm.models.module import NETWORK_ARGUMENTS
+from rnnlm.models.rnn import SHAPE_FREE_ARGUMENTS
 from rnnlm.options import existing_file
 from rnnlm.rundir import CHECKPOINT_DIR, RESUME_HINT
 
 log = logging.getLogger(__name__)
 CKPT_PATH_HINT = "pass ckpt_path=<a .ckpt file>, ckpt_path=last, or resume_dir=<an earlier run dir>"
-# Settings that shape the network: resuming with another value cannot load the weights.
-ARCHITECTURE = ("cell", "hidden_size", "num_layers", "embedding_dim", "tie_weights")
+# Settings that shape the network: resuming with another value cannot load the weights
+# (the vocabulary is compared on its own below).
+ARCHITECTURE = tuple(k for k in NETWORK_ARGUMENTS if k not in (*SHAPE_FREE_ARGUMENTS, "vocab_size"))
 
 
 def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, resuming: bool = False) -> tuple[Path, dict[str, Any]] | None:

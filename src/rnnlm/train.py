@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.trainer.connectors.signal_connector import _get_sigkill_signal
@@ -206,6 +207,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         log.warning("data.calibration=%s holds text out of training, but no callback fits on it: "
                     "add callbacks.calibrate (in callbacks=default) or set data.calibration=0", cfg.data.calibration)
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers:  # Lightning refuses a LearningRateMonitor without a logger to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     log_run_facts(loggers, cfg, model, datamodule)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
+from rnnlm.errors import ConfigError
 from rnnlm.evaluation import score_totals
 from rnnlm.models.rnn import RNNLM
+
+NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, cell, hidden_size, ...
+NETWORK_DEFAULTS = {k: p.default for k, p in inspect.signature(RNNLM).parameters.items() if p.default is not p.empty}
 
 CHECKPOINT_FORMAT = "rnnlm/1"
 LN2 = math.log(2)
@@ -31,20 +36,25 @@ class LanguageModel(pl.LightningModule):
         self,
         vocab_size: int,
         tokenizer: dict[str, Any],
-        cell: str = "lstm",
-        hidden_size: int = 256,
-        num_layers: int = 2,
-        dropout: float = 0.0,
-        input_dropout: float = 0.0,
-        embedding_dim: int | None = 64,
-        tie_weights: bool = False,
-        onehot_max_vocab: int = 1024,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
         stateful_eval_lanes: int | None = 64,
+        **network: Any,
     ):
+        """``network``: the :class:`RNNLM` arguments besides ``vocab_size`` (``cell``,
+        ``hidden_size``, ...), declared and checked there; ``optimizer`` and ``scheduler`` are
+        factories (Hydra's ``_partial_``) that take the parameters and the optimiser."""
         super().__init__()
+        if optimizer is None:
+            raise ConfigError("model.optimizer is null; give one, e.g. model.optimizer._target_=torch.optim.AdamW")
+        unknown = sorted(set(network) - set(NETWORK_ARGUMENTS))
+        if unknown:
+            raise ConfigError(f"model.{unknown[0]} is not a setting of the model; it has {', '.join(NETWORK_ARGUMENTS[1:])}, "
+                              "compile, stateful_eval_lanes, optimizer and scheduler")
+        network = {**NETWORK_DEFAULTS, **network}  # every setting in the checkpoint, defaults too
+        # Lightning stores ``network`` flat beside the others: the checkpoint's hyper-parameters
+        # are plain data and name each architecture setting as model.<name>.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = RNNLM(**self.architecture(self.hparams))
         self.optimizer_factory = optimizer
@@ -55,6 +65,7 @@ class LanguageModel(pl.LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in ("loss", "acc", "loss_stateful")}
         )
+        self.flops_per_batch = 0.0  # for Lightning's ThroughputMonitor; set each step
         self.carry_state = False  # set at fit start when the data comes in lanes
         self._train_state = None
         self.val_loss_best = MinMetric()
@@ -62,15 +73,15 @@ class LanguageModel(pl.LightningModule):
     @staticmethod
     def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
         """The :class:`RNNLM` arguments among the hyper-parameters (also used when sampling)."""
-        keys = ("vocab_size", "cell", "hidden_size", "num_layers", "dropout", "input_dropout",
-                "embedding_dim", "tie_weights", "onehot_max_vocab")
-        return {k: hparams[k] for k in keys if k in hparams}
+        return {k: hparams[k] for k in NETWORK_ARGUMENTS if k in hparams}
 
     def forward(self, tokens: torch.Tensor, state=None):
         return self.step_model(tokens, state)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         inputs, targets = batch
+        passes = 3 if split == "train" else 1  # backward ~ twice the forward
+        self.flops_per_batch = passes * self.net.flops_per_token() * targets.numel()
         if split == "train" and self.carry_state:
             # Truncated BPTT across batches: start where the previous batch of each lane ended.
             logits, state = self(inputs, self._train_state)
@@ -153,8 +164,7 @@ class LanguageModel(pl.LightningModule):
         self._log_split("test")
 
     def configure_optimizers(self) -> Any:
-        factory = self.optimizer_factory or (lambda params: torch.optim.AdamW(params, lr=2e-3))
-        optimizer = factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -162,3 +172,17 @@ class LanguageModel(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rnnlm_format"] = CHECKPOINT_FORMAT
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints whose schedule was one ``LambdaLR`` resume on this config's scheduler at
+        the same step: its state is replayed to that step (the LR follows the same curve)."""
+        states = checkpoint.get("lr_schedulers") or []
+        if self.scheduler_factory is None or len(states) != 1 or "lr_lambdas" not in states[0]:
+            return
+        old = states[0]
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=old["base_lrs"][0])
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        for _ in range(old["last_epoch"]):
+            optimizer.step()
+            scheduler.step()
+        checkpoint["lr_schedulers"] = [scheduler.state_dict()]

@@ -13,6 +13,25 @@ from rnnlm.models import gru_cpu
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+# The RNNLM arguments that leave the weights' shapes as they are: a run may resume with others.
+SHAPE_FREE_ARGUMENTS = ("dropout", "input_dropout", "onehot_max_vocab")
+
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: int, embedding_dim: int | None) -> float:
+    """Forward FLOPs per token: 2 x multiply-adds of every matmul (recurrent layers + output).
+
+    A layer does ``gates * H * (input + H)`` MACs per token (LSTM: 4 gates, GRU: 3); one-hot
+    input counts as a matmul with ``vocab_size`` inputs. Training is taken as 3 x forward.
+    """
+    macs, width = 0, embedding_dim if embedding_dim is not None else vocab_size
+    for _ in range(num_layers):
+        macs += GATES[cell] * hidden_size * (width + hidden_size)
+        width = hidden_size
+    macs += hidden_size * vocab_size
+    return 2.0 * macs
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -101,6 +120,11 @@ class RNNLM(nn.Module):
             outputs, state = self.rnn(inputs, state)
         logits = self.decoder(self.dropout(outputs))
         return (logits if self.training else logits * self.logit_scale), state
+
+    def flops_per_token(self) -> float:
+        """Forward FLOPs per token (see :func:`flops_per_token`)."""
+        embedding_dim = self.embedding.embedding_dim if self.embedding is not None else None
+        return flops_per_token(self.cell, self.vocab_size, self.hidden_size, self.num_layers, embedding_dim)
 
     def memory_report(self) -> dict[str, int]:
         """Parameter counts worth logging, including the input matrix that grows with vocab."""
