@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm.bench import main, naive_generate, write_corpus
+from rnnlm.bench.data import write_corpus
+from rnnlm.bench.run import main
+from rnnlm.bench.sampling import naive_generate
 from rnnlm.models.rnn import RNNLM, flops_per_token
 from rnnlm.runtime import native_cpu_bf16
 

@@ -162,34 +162,6 @@ def test_prompt_with_unknown_characters():
     assert encode_prompt(tok, "") == tok.encode("\n\n").tolist()
 
 
-@pytest.mark.parametrize(
-    ("cell", "embedding_dim", "hidden_size"),
-    [(cell, emb, 24) for cell in ("lstm", "gru", "rnn") for emb in (8, None)]
-    + [("lstm", 64, 512), ("gru", 64, 512)],  # the benchmark's size, where oneDNN's blocking differs
-)
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "addmm"])
-def test_fast_step_matches_the_module(cell, embedding_dim, hidden_size, onednn):
-    from rnnlm.generation.fast_step import FastStep
-
-    torch.manual_seed(5)
-    net = RNNLM(13, cell, hidden_size=hidden_size, num_layers=3, embedding_dim=embedding_dim).eval()
-    net.logit_scale.fill_(0.8)  # a calibrated model: the packed output layer must apply it too
-    with torch.backends.mkldnn.flags(enabled=onednn):
-        step = FastStep(net, batch_hint=4)
-    assert (step.out.packed is not None) == (onednn and torch.backends.mkldnn.is_available())
-    seq = torch.randint(0, 13, (4, 12))
-    with torch.no_grad():
-        full, _ = net(seq)
-        _, state = net(seq[:, :5])
-        for t in range(5, 12):
-            logits, state = step(seq[:, t], state)
-            if t < 11:
-                torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)
-        _, reference = net(seq)
-        for mine, theirs in zip(state if isinstance(state, tuple) else [state], reference if isinstance(reference, tuple) else [reference]):
-            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
-
-
 def test_fit_logit_scale_undoes_an_overconfident_output_layer():
     from rnnlm.calibration import fit_logit_scale
     from rnnlm.evaluation import score_totals

@@ -99,58 +99,6 @@ def test_warmup_cosine_schedule():
     assert lrs == pytest.approx([closed_form(step) for step in range(120)], abs=1e-12)
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "addmm"])
-@pytest.mark.parametrize("num_layers", [1, 3])
-def test_cpu_gru_matches_nn_gru_outputs_and_gradients(num_layers, onednn):
-    from rnnlm.models.gru_cpu import gru_forward, usable
-
-    torch.manual_seed(3)
-    gru = torch.nn.GRU(7, 16, num_layers, batch_first=True)
-    x = torch.randn(4, 9, 7, requires_grad=True)
-    h0 = torch.randn(num_layers, 4, 16, requires_grad=True)
-    assert usable(gru, x)
-
-    def outputs_and_grads(forward):
-        for t in [x, h0, *gru.parameters()]:
-            t.grad = None
-        out, h_n = forward(x, h0)
-        (out.square().sum() + h_n.sin().sum()).backward()
-        return [out, h_n, x.grad, h0.grad] + [p.grad for p in gru.parameters()]
-
-    assert not usable(torch.nn.GRU(7, 16, num_layers), x)  # time-major modules keep nn.GRU
-    assert not usable(gru, x[0]) and not usable(gru, x[:0])  # unbatched, empty batch
-    expected = outputs_and_grads(gru)
-    with torch.backends.mkldnn.flags(enabled=onednn):
-        got = outputs_and_grads(lambda inp, h: gru_forward(gru, inp, h))
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
-
-
-def test_gru_model_takes_the_cpu_path_and_keeps_nn_gru_elsewhere(monkeypatch):
-    from rnnlm.models import gru_cpu
-
-    calls = []
-    original = gru_cpu.gru_forward
-    monkeypatch.setattr(gru_cpu, "gru_forward", lambda *a: calls.append(1) or original(*a))
-    net = RNNLM(11, "gru", hidden_size=12, num_layers=2, dropout=0.5, embedding_dim=8)
-    tokens = torch.randint(0, 11, (3, 6))
-    net.dropout = torch.nn.Identity()  # leave only the dropout between the GRU's layers
-    net.train()
-    train_a, _ = net(tokens)
-    train_b, _ = net(tokens)
-    assert not torch.allclose(train_a, train_b)  # dropout between layers is applied in training
-    net.eval()
-    fast, _ = net(tokens)
-    assert len(calls) == 3
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        net(tokens)  # autocast: nn.GRU's own path
-    assert len(calls) == 3
-    calls.clear()
-    monkeypatch.setattr(gru_cpu, "usable", lambda *a: False)
-    slow, _ = net(tokens)
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-
-
 def test_network_settings_are_declared_once_in_rnnlm():
     """LanguageModel passes every network setting through to RNNLM and stores them all (the
     defaults too) as flat plain hyper-parameters; the model config sets each of them."""

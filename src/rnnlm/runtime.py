@@ -71,7 +71,7 @@ def auto_precision(accelerator: str, cell: str = "lstm") -> tuple[str, str]:
     bf16-mixed where the device computes bf16 natively (recent CPUs, Ampere+ GPUs), full
     fp32 elsewhere: emulated bf16 costs time, and fp16 would need loss scaling. On the CPU
     only the LSTM gains from bf16, through ``nn.LSTM``'s fused oneDNN kernel; the GRU's fast
-    path (``rnnlm.models.gru_cpu``) is fp32 only, and ``nn.GRU``/``nn.RNN`` under bf16
+    path (``rnnlm.fastpaths.gru``) is fp32 only, and ``nn.GRU``/``nn.RNN`` under bf16
     autocast run step by step, slower than in fp32 (docs/performance.md).
     """
     use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.errors import ConfigError
-from rnnlm.generation.fast_step import FastStep
+from rnnlm.fastpaths import decoding_step
 
 STRATEGIES = ("greedy", "sample", "beam", "stochastic_beam")
 
@@ -119,19 +119,6 @@ def prime(net: nn.Module, prompt: Sequence[int], device: torch.device, chunk: in
     return logits[:, -1], state
 
 
-def step_function(net: nn.Module, batch_hint: int = 1) -> Callable:
-    """``step(tokens [B], state) -> (logits [B, V], state)``: the fast cell equations for an
-    RNNLM in eval mode (see ``fast_step``), else one call of the module per token."""
-    if FastStep.supports(net):
-        return FastStep(net, batch_hint)
-
-    def module_step(tokens: torch.Tensor, state):
-        out, state = net(tokens[:, None], state)
-        return out[:, -1], state
-
-    return module_step
-
-
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     if seed is None:
         return None
@@ -162,7 +149,7 @@ def stream(
     logits, state = prime(net, prompt, device)
     logits = logits.expand(num_samples, -1)
     state = select_state(state, torch.zeros(num_samples, dtype=torch.long, device=device))
-    step = step_function(net, num_samples)
+    step = decoding_step(net, num_samples)
     for _ in range(length):
         tokens = next_tokens(logits, settings, generator)
         nll = F.cross_entropy(as_float(logits), tokens, reduction="none")
@@ -250,7 +237,7 @@ def beam_search(
     generator = make_generator(seed, device)
     width = settings.beam_width
     logits, state = prime(net, prompt, device)
-    step = step_function(net, settings.beam_width)
+    step = decoding_step(net, settings.beam_width)
     scores = torch.zeros(1, device=device)
     seqs = torch.zeros(1, 0, dtype=torch.long, device=device)
     finished: list[tuple[list[int], float]] = []

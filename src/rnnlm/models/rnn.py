@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlm import fastpaths
 from rnnlm.errors import ConfigError
-from rnnlm.models import gru_cpu
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -114,10 +114,7 @@ class RNNLM(nn.Module):
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state."""
         inputs = self.input_dropout(self.embed(tokens))
-        if self.cell == "gru" and gru_cpu.usable(self.rnn, inputs):
-            outputs, state = gru_cpu.gru_forward(self.rnn, inputs, state)  # fp32 CPU: see gru_cpu
-        else:
-            outputs, state = self.rnn(inputs, state)
+        outputs, state = fastpaths.recurrent_forward(self.rnn, inputs, state)  # self.rnn, or faster
         logits = self.decoder(self.dropout(outputs))
         return (logits if self.training else logits * self.logit_scale), state
 

@@ -12,10 +12,10 @@ one ``dgates @ W_hh`` backward, on oneDNN-packed weights. Everything else is one
 product per layer, through oneDNN too: the input projections of all time steps before the
 loop, and the weight gradients ``dW_ih``, ``dW_hh`` (and their biases) after it. The
 parameters stay those of the ``nn.GRU`` (same names, same checkpoints);
-``tests/test_model.py`` checks outputs and gradients against it.
+``tests/test_fastpaths.py`` checks outputs and gradients against it.
 
-Used by :class:`~rnnlm.models.rnn.RNNLM` for fp32 on the CPU outside ``torch.compile`` and
-autocast; GPUs keep cuDNN's GRU and ``bf16-mixed`` keeps ``nn.GRU``.
+Chosen by :func:`rnnlm.fastpaths.recurrent_forward` for fp32 on the CPU outside
+``torch.compile`` and autocast; GPUs keep cuDNN's GRU and ``bf16-mixed`` keeps ``nn.GRU``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.models.packed_linear import PackedLinear, onednn_usable
-
-ENABLED = True  # False: always nn.GRU (the benchmark measures both)
+from rnnlm.fastpaths.packed import PackedLinear, matmul_nt
 
 
 def usable(rnn: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`gru_forward` should replace ``rnn(x, h0)`` for this call."""
     return (
-        ENABLED
-        and isinstance(rnn, nn.GRU)
+        isinstance(rnn, nn.GRU)
         and rnn.batch_first
         and x.dim() == 3
         and x.size(0) > 0
@@ -45,14 +42,6 @@ def usable(rnn: nn.Module, x: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
-
-
-def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b.T`` for large fp32 products (any strides): oneDNN where usable, whose kernels can
-    outrun MKL's ``mm`` (the benchmark measures both; docs/performance.md), else ``mm``."""
-    if onednn_usable(b):
-        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    return a @ b.T
 
 
 class InputProjection(torch.autograd.Function):

@@ -9,11 +9,11 @@ same cell equations on weights arranged once for it:
 - each deeper LSTM/RNN layer does a single projection of ``[x, h]`` by ``[W_ih; W_hh]``;
 - LSTM gate rows are reordered to (i, f, o, g), so one ``sigmoid`` covers three gates;
 - on a CPU with oneDNN, the weights are packed once in oneDNN's blocked layout
-  (:class:`~rnnlm.models.packed_linear.PackedLinear`); elsewhere the step uses ``addmm`` on
+  (:class:`~rnnlm.fastpaths.packed.PackedLinear`); elsewhere the step uses ``addmm`` on
   pre-transposed weights.
 
 It takes and returns the state in ``nn.LSTM``/``nn.GRU``/``nn.RNN``'s layout, so the decoding
-loop can switch between the two freely; ``tests/test_generation.py`` checks it matches the
+loop can switch between the two freely; ``tests/test_fastpaths.py`` checks it matches the
 module within 1e-5.
 """
 
@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rnnlm.models.packed_linear import PackedLinear
-from rnnlm.models.rnn import RNNLM
+from rnnlm.fastpaths.packed import PackedLinear
 
 
 def _ifog(t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +38,7 @@ class FastStep:
     blocking for it); any batch size works.
     """
 
-    def __init__(self, net: RNNLM, batch_hint: int = 1):
+    def __init__(self, net: nn.Module, batch_hint: int = 1):
         rnn, self.cell, self.num_layers = net.rnn, net.cell, net.num_layers
         self.hidden_size = net.hidden_size
         order = _ifog if self.cell == "lstm" else (lambda t: t)
@@ -66,8 +65,12 @@ class FastStep:
 
     @staticmethod
     def supports(net: nn.Module) -> bool:
+        """An :class:`~rnnlm.models.RNNLM` (its parts, looked up by name: this package sits
+        below ``models``) in eval mode whose recurrent module has the plain layout."""
         rnn = getattr(net, "rnn", None)
-        return isinstance(net, RNNLM) and not rnn.bidirectional and rnn.bias and rnn.proj_size == 0 and not net.training
+        parts = all(hasattr(net, name) for name in ("embedding", "decoder", "logit_scale", "cell", "vocab_size"))
+        return (isinstance(rnn, (nn.LSTM, nn.GRU, nn.RNN)) and parts and not net.training
+                and not rnn.bidirectional and rnn.bias and getattr(rnn, "proj_size", 0) == 0)
 
     def _lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.hidden_size

@@ -50,3 +50,11 @@ class PackedLinear:
         if self.bias is None:
             return x @ self.weight_t
         return torch.addmm(self.bias, x, self.weight_t)
+
+
+def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` for large fp32 products (any strides): oneDNN where usable, whose kernels can
+    outrun MKL's ``mm`` (the benchmark measures both; docs/performance.md), else ``mm``."""
+    if onednn_usable(b):
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return a @ b.T

@@ -1,0 +1,3 @@
+from rnnlm.bench.run import main
+
+raise SystemExit(main())
