@@ -12,14 +12,16 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from rnnlm.data.corpus import shakespeare_plays
-from tests.processes import hermetic_env
+from tests.processes import HERMETIC_ENV, hermetic_env
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The same environment and working directory whoever started the suite, and how."""
+    """The same environment and working directory whoever started the suite, and how; prepared
+    corpora go to one cache dir of this session (``paths.cache_dir`` reads ``RNNLM_CACHE_DIR``)."""
+    HERMETIC_ENV["RNNLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("corpus-cache"))
     clean = hermetic_env()
     with pytest.MonkeyPatch.context() as patch:
         for name in set(os.environ) - set(clean):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -78,8 +79,20 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     if data_cfg.get("path"):
         data_cfg = OmegaConf.merge(data_cfg, {"path": to_absolute_path(str(data_cfg.path))})
     datamodule = build(data_cfg, "data")
+    datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
+
+
+def prepare_corpus(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """``prepare_only=true``: the corpus encoded into ``data.cache_dir``, nothing trained."""
+    if not cfg.data.get("cache_dir"):
+        raise ConfigError("prepare_only=true prepares into data.cache_dir, which is null; pass data.cache_dir=<dir>")
+    started = time.perf_counter()
+    datamodule = build_datamodule(cfg)
+    facts = {"tokens": float(datamodule.stats["tokens"]), "vocab_size": float(datamodule.vocab_size),
+             "seconds": time.perf_counter() - started}
+    return facts, {"prepared": datamodule.cache_entry, "datamodule": datamodule}
 
 
 def build_model(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModel:
@@ -193,6 +206,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         given = cfg.ckpt_path if str(cfg.ckpt_path) == "last" else to_absolute_path(str(cfg.ckpt_path))
         resume_from = resolve_ckpt_path(given, output_dir, resuming=bool(cfg.get("resume_dir")))
 
+    if cfg.get("prepare_only"):
+        return prepare_corpus(cfg)
     resolve_precision(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
@@ -243,6 +258,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def summary(metrics: dict[str, float], objects: dict[str, Any], temperatures=(0.5, 0.8, 1.0), length: int = 300) -> str:
     """What a person wants to see when a run ends: numbers, where things are, samples."""
+    if "prepared" in objects:
+        return (f"prepared {objects['prepared']}: {metrics['tokens']:,.0f} tokens, vocabulary {metrics['vocab_size']:,.0f} "
+                f"({metrics['seconds']:.1f} s); runs with the same data settings map it")
     lines = ["", "=" * 72]
     for split in ("val", "test"):
         if f"{split}/loss" in metrics:

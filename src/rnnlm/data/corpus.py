@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import importlib.metadata
+import os
 import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from rnnlm.errors import CorpusError
@@ -121,3 +125,129 @@ def read_corpus(
             f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>"
         )
     return corpus, {"documents": len(documents), "replaced_bytes": replaced}
+
+
+READ_BYTES = 1 << 24  # bytes read (and decoded) at a time: bounds the memory of a pass over a corpus
+_REPLACEMENT = "\ufffd".encode()
+
+
+@dataclass
+class Source:
+    """One document of a corpus: a file, or (the embedded plays) a string held in memory."""
+
+    name: str
+    path: Path | None = None
+    text: str | None = None
+
+    def identity(self) -> list[object]:
+        """What changes when the document does: a file's path, size and modification time."""
+        if self.path is None:
+            return [self.name, len(self.text or "")]
+        stat = self.path.stat()
+        return [str(self.path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+@dataclass
+class StreamFacts:
+    """Counted while a corpus streams by: documents and undecodable bytes replaced."""
+
+    documents: int = 0
+    replaced_bytes: int = 0
+    chars: int = 0
+    bytes_read: int = 0
+    nonblank: bool = False  # any character besides whitespace
+
+
+def corpus_sources(path: str | Path | None = None, glob: str = "*.txt") -> list[Source]:
+    """The documents of ``path`` in order (``None``: the embedded Shakespeare plays)."""
+    if path is None:
+        return [Source(f"play {i}", text=text) for i, text in enumerate(shakespeare_plays())]
+    return [Source(str(p), path=p) for p in text_files(path, glob)]
+
+
+def _file_pieces(path: Path, errors: str, facts: StreamFacts) -> Iterator[str]:
+    """The decoded text of one file, ``READ_BYTES`` at a time, with the errors ``read_utf8`` gives."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if errors != "replace" else "replace")
+    offset, tail = 0, b""
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
+    with handle:
+        while True:
+            data = handle.read(READ_BYTES)
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                at = offset - pending + err.start
+                raw = (err.object[err.start:err.start + 1] or b"?")[0]
+                raise CorpusError(
+                    f"{path}: not valid UTF-8 at byte offset {at} (byte 0x{raw:02x}); convert the file to UTF-8 "
+                    "or pass data.encoding_errors=replace"
+                ) from None
+            if errors == "replace":  # every U+FFFD not present in the original bytes
+                window = tail + data
+                facts.replaced_bytes += text.count("\ufffd") - window.count(_REPLACEMENT) + tail.count(_REPLACEMENT)
+                tail = window[-2:]
+            offset += len(data)
+            facts.bytes_read += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def _stripped(pieces: Iterable[str]) -> Iterator[str]:
+    """``"".join(pieces).strip("\n")``, streamed: trailing newlines are held until more text follows."""
+    started, held = False, ""
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip("\n")
+            if not piece:
+                continue
+            started = True
+        body = piece.rstrip("\n")
+        if body:
+            yield held + body
+            held = piece[len(body):]
+        else:
+            held += piece
+
+
+def stream_corpus(sources: list[Source], separator: str = "\n\n", encoding_errors: str = "strict",
+                  facts: StreamFacts | None = None) -> Iterator[str]:
+    """The text ``read_corpus`` returns, as pieces of at most ``READ_BYTES`` characters or so:
+    each document stripped of leading and trailing newlines, ``separator`` between them."""
+    if encoding_errors not in ("strict", "replace"):
+        raise CorpusError(f"data.encoding_errors={encoding_errors!r}; use 'strict' or 'replace'")
+    facts = facts if facts is not None else StreamFacts()
+    for i, source in enumerate(sources):
+        if i:
+            facts.chars += len(separator)
+            yield separator
+        if source.path is None:
+            pieces: Iterable[str] = [source.text or ""]
+            facts.bytes_read += len(source.text or "")
+        else:
+            pieces = _file_pieces(source.path, encoding_errors, facts)
+        for piece in _stripped(pieces):
+            facts.chars += len(piece)
+            if not facts.nonblank and not piece.isspace():
+                facts.nonblank = True
+            yield piece
+        facts.documents += 1
+
+
+def take_chars(pieces: Iterable[str], limit: int) -> Iterator[str]:
+    """The first ``limit`` characters of a stream of pieces."""
+    for piece in pieces:
+        if limit <= 0:
+            return
+        yield piece[:limit]
+        limit -= len(piece)
+
+
+def file_bytes(sources: list[Source]) -> int:
+    """The corpus's size on disk (for progress), or its characters when held in memory."""
+    return sum(os.path.getsize(s.path) if s.path is not None else len(s.text or "") for s in sources)

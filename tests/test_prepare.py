@@ -1,0 +1,170 @@
+"""Prepare once, map everywhere: the prepared tokens, the cache, and a prepare killed or doubled."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rnnlm.data import corpus as corpus_module
+from rnnlm.data.corpus import read_corpus
+from rnnlm.data.datamodule import CorpusDataModule
+from rnnlm.data.prepare import META, CorpusSettings, prepare
+from rnnlm.data.tokenizers import TOKENIZERS
+from tests.processes import ROOT, run, started
+
+TEXTS = {
+    "a/one.txt": "\n\nFirst document, with a leading blank line.\nAnd an ending.\n\n\n",
+    "a/two.txt": "Zweite Datei: Grüße, naïve café — «quotes» and 循环神经网络.\n" * 40,
+    "b/empty.txt": "",
+    "b/newlines.txt": "\n\n\n",
+    "c/three.txt": "ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 60 + "   trailing spaces   ",
+}
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    for name, text in TEXTS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def settings(path: Path, tokenizer: str = "char", train_fraction: float = 0.9, **kwargs) -> CorpusSettings:
+    values = {"glob": "*.txt", "separator": "\n\n", "encoding_errors": "strict", "max_vocab": None, "min_freq": 1} | kwargs
+    return CorpusSettings(str(path), tokenizer=tokenizer, train_fraction=train_fraction, **values)
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word"])
+def test_prepared_tokens_equal_the_in_memory_encoding(corpus_dir, tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setattr(corpus_module, "READ_BYTES", 7)  # pieces that cut words and UTF-8 sequences
+    text, _ = read_corpus(corpus_dir)
+    expected_tokenizer = TOKENIZERS[tokenizer].fit(text[: int(len(text) * 0.9)])
+    expected = expected_tokenizer.encode(text)
+    prepared = prepare(settings(corpus_dir, tokenizer), tmp_path / "cache")
+    assert prepared.tokenizer.vocab == expected_tokenizer.vocab
+    assert prepared.ids.dtype == expected.dtype and np.array_equal(prepared.ids, expected)
+    assert prepared.facts == {"documents": 5, "replaced_bytes": 0, "chars": len(text)}
+    in_memory = prepare(settings(corpus_dir, tokenizer), None)
+    assert np.array_equal(in_memory.ids, expected) and in_memory.directory is None
+
+
+def test_the_data_module_maps_the_prepared_splits(corpus_dir, tmp_path):
+    text, _ = read_corpus(corpus_dir)
+    ids = TOKENIZERS["char"].fit(text[: int(len(text) * 0.8)]).encode(text)
+    dm = CorpusDataModule(path=str(corpus_dir), seq_len=8, batch_size=2, splits=[0.8, 0.1, 0.1], calibration=0.05,
+                          cache_dir=str(tmp_path / "cache"))
+    dm.prepare_data()
+    dm.setup()
+    n = len(ids)
+    bounds = {"calibration": (0, int(n * 0.05)), "train": (int(n * 0.05), int(n * 0.8)),
+              "val": (int(n * 0.8), int(n * 0.9)), "test": (int(n * 0.9), n)}
+    for split, (start, stop) in bounds.items():
+        assert np.array_equal(dm.tokens[split].numpy(), ids[start:stop]), split
+        assert dm.stats.get(f"{split}_unk", 0) == int((ids[start:stop] == 0).sum())
+    assert isinstance(dm.cache_entry, Path) and (dm.cache_entry / META).is_file()
+    inputs, targets = next(iter(dm.train_dataloader()))
+    assert inputs.shape == (2, 8) and np.array_equal(inputs[:, 1:].numpy(), targets[:, :-1].numpy())
+
+
+def test_the_cache_is_reused_until_what_makes_the_tokens_changes(corpus_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = prepare(settings(corpus_dir), cache)
+    assert not first.reused and prepare(settings(corpus_dir), cache).reused
+    entries = {first.directory}
+    for changed in (settings(corpus_dir, "word"), settings(corpus_dir, train_fraction=0.8),
+                    settings(corpus_dir, separator="\n"), settings(corpus_dir, max_vocab=10)):
+        prepared = prepare(changed, cache)
+        assert not prepared.reused and prepared.directory not in entries
+        entries.add(prepared.directory)
+    file = corpus_dir / "a" / "one.txt"
+    file.write_text("Changed text, changed size.\n", encoding="utf-8")
+    changed = prepare(settings(corpus_dir), cache)
+    assert not changed.reused and changed.directory not in entries
+    assert changed.facts["chars"] != first.facts["chars"]
+    stat = file.stat()  # the same size, a later modification time
+    file.write_text("Changed text, chanGed size.\n", encoding="utf-8")
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert not prepare(settings(corpus_dir), cache).reused
+    assert not list(cache.glob("*.partial-*"))
+
+
+PREPARE = """
+import sys
+from pathlib import Path
+from rnnlm.data import corpus
+from rnnlm.data.prepare import CorpusSettings, prepare
+corpus.READ_BYTES = int(sys.argv[3])
+settings = CorpusSettings(sys.argv[1], "*.txt", "\\n\\n", "strict", "char", None, 1, 0.9)
+prepared = prepare(settings, sys.argv[2])
+print(prepared.directory.name, len(prepared.ids))
+"""
+
+
+def big_corpus(path: Path, megabytes: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    line = "ROMEO: But, soft! what light through yonder window breaks? Grüße 循环\n"
+    (path / "big.txt").write_text(line * (megabytes * 1_000_000 // len(line.encode())), encoding="utf-8")
+    return path
+
+
+def test_a_prepare_killed_midway_is_not_taken_for_complete(tmp_path):
+    corpus, cache = big_corpus(tmp_path / "corpus", 6), tmp_path / "cache"
+    with started([sys.executable, "-c", PREPARE, str(corpus), str(cache), "512"], cwd=tmp_path) as proc:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob("*.partial-*/tokens.bin")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the prepare ended before it could be killed"
+        proc.kill()
+        proc.wait(timeout=30)
+    assert list(cache.glob("*.partial-*")) and not [p for p in cache.iterdir() if ".partial-" not in p.name]
+    prepared = prepare(settings(corpus), cache)  # prepares anew, and clears what the killed one left
+    assert not prepared.reused and len(prepared.ids) == prepared.facts["chars"]
+    assert not list(cache.glob("*.partial-*"))
+
+
+def test_two_prepares_of_one_corpus_at_once_both_succeed_with_the_same_files(tmp_path):
+    corpus, cache = big_corpus(tmp_path / "corpus", 1), tmp_path / "cache"
+    args = [sys.executable, "-c", PREPARE, str(corpus), str(cache), str(1 << 14)]
+    with started(args, cwd=tmp_path, stdout=-1, stderr=-1) as one, started(args, cwd=tmp_path, stdout=-1, stderr=-1) as two:
+        outputs = [proc.communicate(timeout=300) for proc in (one, two)]
+        codes = [one.returncode, two.returncode]
+    assert codes == [0, 0], outputs
+    assert outputs[0][0] == outputs[1][0]
+    (entry,) = list(cache.iterdir())
+    assert json.loads((entry / META).read_text())["tokens"] == int(outputs[0][0].split()[1])
+
+
+MEMORY = """
+import sys
+from rnnlm.data import corpus
+from rnnlm.data.prepare import CorpusSettings, prepare
+
+def status_mb(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key + ":")) / 1024
+
+corpus.READ_BYTES = 1 << 17
+before = status_mb("VmRSS")
+prepare(CorpusSettings(sys.argv[1], "*.txt", "\\n\\n", "strict", sys.argv[3], None, 1, 0.9), sys.argv[2])
+print(status_mb("VmHWM") - before)
+"""
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word"])
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmRSS/VmHWM from /proc")
+def test_preparing_holds_a_chunk_not_the_corpus(tmp_path, tokenizer):
+    """A 16 MB corpus read 128 kB at a time: its text alone would take 32 MB as a Python
+    string (two bytes a character: it holds 循环); preparing grows memory by what the
+    vocabulary and one chunk need, the same for a corpus of any size."""
+    corpus = big_corpus(tmp_path / "corpus", 16)
+    result = run([sys.executable, "-c", MEMORY, str(corpus), str(tmp_path / "cache"), tokenizer], cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth_mb = float(result.stdout.split()[-1])
+    assert growth_mb < 24, growth_mb
