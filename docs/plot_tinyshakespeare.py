@@ -4,9 +4,10 @@
         --out docs/tinyshakespeare_val_loss.png
 
 Each run dir is a training run with the CSV logger (``logger=csv``); a point is a validation:
-its ``val/loss_stateful`` at the training time logged at or just after that step: Lightning's
-``ThroughputMonitor`` logs ``train/time`` (validation excluded); logs that hold
-``time/elapsed_s`` instead (wall time since fitting began, validation included) are read too.
+its ``val/loss_stateful`` at the time logged at or just after that step. The figure in the
+README was drawn from ``time/elapsed_s`` (wall time since fitting began, validation included),
+which its runs logged; runs logged by ``rnnlm.callbacks.TrainThroughput`` have ``train/time``
+(training only, validation left out), which is read when ``time/elapsed_s`` is absent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def stateful_curve(run_dir: Path) -> list[tuple[float, float]]:
     training step, is left out.
     """
     paths = find_metrics_csvs(run_dir)
-    elapsed = load_curve(paths, "train/time") or load_curve(paths, "time/elapsed_s")
+    elapsed = load_curve(paths, "time/elapsed_s") or load_curve(paths, "train/time")
     train_steps = [step for step, _ in load_curve(paths, "train/loss")]
     curve = []
     for step, loss in load_curve(paths, "val/loss_stateful"):

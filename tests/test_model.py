@@ -99,6 +99,27 @@ def test_warmup_cosine_schedule():
     assert lrs == pytest.approx([closed_form(step) for step in range(120)], abs=1e-12)
 
 
+def test_a_schedule_resumed_with_more_steps_decays_to_the_new_end():
+    """What the closed form has over torch's SequentialLR, which saves its milestones and T_max."""
+    import math
+
+    from rnnlm.models.schedules import warmup_cosine
+
+    def run(total_steps: int, steps: int, state=None):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = warmup_cosine(opt, total_steps=total_steps, warmup_steps=4, min_ratio=0.1)
+        if state is not None:
+            sched.load_state_dict(state)
+        for _ in range(steps):
+            opt.step()
+            sched.step()
+        return opt.param_groups[0]["lr"], sched.state_dict()
+
+    _, state = run(40, 20)
+    lr, _ = run(80, 1, state)  # step 21 of an 80-step run
+    assert lr == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (21 - 4) / 76)))
+
+
 def test_network_settings_are_declared_once_in_rnnlm():
     """LanguageModel passes every network setting through to RNNLM and stores them all (the
     defaults too) as flat plain hyper-parameters; the model config sets each of them."""

@@ -180,7 +180,9 @@ def test_averaged_weights_keep_the_fitted_logit_scale(tmp_path, corpus_file):
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
                          "callbacks=ema", "callbacks.ema.decay=0.9", "callbacks.sample_text=null",
                          "callbacks.periodic_checkpoint.every_n_train_steps=25"], tmp_path)
-    train(cfg)
+    _, objects = train(cfg)
+    order = [type(c).__name__ for c in objects["trainer"].callbacks]
+    assert order.index("Calibrate") == order.index("EMAWeightAveraging") + 1  # fits on the swapped-in average
     rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
     fitted = next(float(r["calibration/logit_scale"]) for r in rows if r.get("calibration/logit_scale") and r["step"] == "19")
     # Lightning's ThroughputMonitor counts windows and tokens with our batch functions
@@ -188,9 +190,18 @@ def test_averaged_weights_keep_the_fitted_logit_scale(tmp_path, corpus_file):
     assert counted and all(float(r["train/samples"]) == 16 * float(r["train/batches"]) for r in counted)
     assert all(float(r["train/lengths"]) == 32 * float(r["train/samples"]) for r in counted)
     assert [float(r["train/time"]) for r in counted] == sorted(float(r["train/time"]) for r in counted)
+    assert not [name for name in rows[0] if name.startswith(("validate/", "test/time"))]  # training throughput only
     ckpt = torch.load(tmp_path / "checkpoints" / "last-step000025.ckpt", weights_only=True)
     assert fitted != pytest.approx(1.0, abs=0.05)
     assert float(ckpt["state_dict"]["net.logit_scale"]) == pytest.approx(fitted)
+
+
+def test_a_held_out_slice_is_fitted_on_without_the_default_callbacks(tmp_path, corpus_file):
+    tiny = [o for o in TINY if not o.startswith("callbacks.")]
+    cfg = compose_train([*tiny, f"data.path={corpus_file}", "data.calibration=0.05", "test=false", "callbacks=none",
+                         "trainer.max_steps=10", "trainer.val_check_interval=10"], tmp_path)
+    metrics, _ = train(cfg)
+    assert metrics["calibration/logit_scale"] != 1.0
 
 
 def test_calibration_fits_the_logit_scale_the_checkpoint_keeps(tmp_path, corpus_file):

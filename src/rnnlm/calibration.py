@@ -59,7 +59,7 @@ def fit_logit_scale(
 
 
 class Calibrate(pl.Callback):
-    """Before each validation of a fit, fit ``logit_scale`` on the data module's
+    """Before each validation (during fitting, and in ``trainer.validate`` after it), fit ``logit_scale`` on the data module's
     ``tokens["calibration"]`` (a no-op without that slice) and log
     ``calibration/logit_scale``, ``calibration/loss_raw`` and ``calibration/loss``.
 

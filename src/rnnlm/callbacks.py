@@ -1,4 +1,5 @@
-"""Lightning callbacks: samples during training, a guard against NaN loss, checkpoints on a signal."""
+"""Lightning callbacks: samples during training, training throughput, a guard against NaN loss,
+checkpoints on a signal, and Lightning's EMA of the weights done with once fitting ends."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ThroughputMonitor
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.trainer.states import RunningStage
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -75,6 +78,17 @@ class SampleText(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_text(key="samples", columns=["step", "temperature", "text"], data=self.rows, step=step)
+
+
+class TrainThroughput(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` for training only: Lightning's also logs validation
+    and test throughput with the evaluation batch count as the step, which runs behind the
+    training steps in CSV and W&B logs (``tests/test_train.py`` checks none is logged). It still
+    times validation, to leave it out of ``train/time``."""
+
+    def _compute(self, trainer: pl.Trainer, iter_num: int | None = None) -> None:
+        if trainer.state.stage == RunningStage.TRAINING:
+            super()._compute(trainer, iter_num)
 
 
 def windows_in(batch: tuple[torch.Tensor, torch.Tensor]) -> int:

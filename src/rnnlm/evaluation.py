@@ -1,7 +1,7 @@
 """Likelihood of a text under a model: loss, perplexity, bits per token, accuracy.
 
 Training's evaluation (``models.module``), calibration (``rnnlm.calibration``) and sampling's
-score mode (``rnnlm.sampling``) use it, so it depends on none of them: data <- models <- generation, with this below both.
+score mode (``rnnlm.sampling``) use it, so it depends on none of them: data <- models <- generation, with this below all three.
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ def stateful_chunks(
     if lane_len < 1:
         raise ConfigError(f"the text to score needs at least {lanes + 1} tokens")
     device = next(net.parameters()).device
-    ids = ids.to(device=device, dtype=torch.long)
+    # Views of ``ids`` (a map of the prepared corpus, in its small integer type): only the
+    # chunk at hand becomes ``long`` on the device, so memory does not grow with the text.
     inputs = ids[: lanes * lane_len].view(lanes, lane_len)
     targets = ids[1 : lanes * lane_len + 1].view(lanes, lane_len)
     state = None
     for start in range(0, lane_len, chunk):
-        logits, state = net(inputs[:, start : start + chunk], state)
-        yield logits.reshape(-1, logits.size(-1)).float(), targets[:, start : start + chunk].reshape(-1)
+        window = slice(start, start + chunk)
+        logits, state = net(inputs[:, window].to(device=device, dtype=torch.long), state)
+        yield logits.reshape(-1, logits.size(-1)).float(), targets[:, window].reshape(-1).to(device=device, dtype=torch.long)
 
 
 @torch.no_grad()

@@ -146,7 +146,7 @@ TRAIN_OPTIONS: dict[str, Number] = {
     "callbacks.*.every_n_steps": NON_NEGATIVE_INT,
     "callbacks.*.temperatures.*": NON_NEGATIVE,
     "callbacks.*.length": NON_NEGATIVE_INT,
-    "callbacks.*.window_size": COUNT,
+    "callbacks.*.window_size": Number(integer=True, low=2),  # Lightning's Throughput needs two points
     "callbacks.*.refresh_rate": NON_NEGATIVE_INT,
     "callbacks.*.decay": UNIT,
     "callbacks.*.patience": NON_NEGATIVE_INT,

@@ -219,8 +219,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         del checkpoint, resume_from
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     if "calibration" in datamodule.tokens and not any(isinstance(c, Calibrate) for c in callbacks):
-        log.warning("data.calibration=%s holds text out of training, but no callback fits on it: "
-                    "add callbacks.calibrate (in callbacks=default) or set data.calibration=0", cfg.data.calibration)
+        callbacks.append(Calibrate())  # data.calibration holds text out: it is always fitted on
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers:  # Lightning refuses a LearningRateMonitor without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -172,17 +172,3 @@ class LanguageModel(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rnnlm_format"] = CHECKPOINT_FORMAT
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints whose schedule was one ``LambdaLR`` resume on this config's scheduler at
-        the same step: its state is replayed to that step (the LR follows the same curve)."""
-        states = checkpoint.get("lr_schedulers") or []
-        if self.scheduler_factory is None or len(states) != 1 or "lr_lambdas" not in states[0]:
-            return
-        old = states[0]
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=old["base_lrs"][0])
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        for _ in range(old["last_epoch"]):
-            optimizer.step()
-            scheduler.step()
-        checkpoint["lr_schedulers"] = [scheduler.state_dict()]
