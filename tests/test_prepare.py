@@ -16,6 +16,7 @@ from rnnlm.data.corpus import read_corpus
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.data.prepare import META, CorpusSettings, prepare
 from rnnlm.data.tokenizers import TOKENIZERS
+from rnnlm.errors import CorpusError
 from tests.processes import ROOT, run, started
 
 TEXTS = {
@@ -168,3 +169,22 @@ def test_preparing_holds_a_chunk_not_the_corpus(tmp_path, tokenizer):
     assert result.returncode == 0, result.stderr[-2000:]
     growth_mb = float(result.stdout.split()[-1])
     assert growth_mb < 24, growth_mb
+
+
+@pytest.mark.parametrize("errors", ["strict", "replace"])
+def test_bytes_that_are_not_utf8_are_refused_or_replaced_as_in_memory(tmp_path, monkeypatch, errors):
+    monkeypatch.setattr(corpus_module, "READ_BYTES", 5)
+    root = tmp_path / "corpus"
+    root.mkdir()
+    (root / "ok.txt").write_text("Grüße aus 循环.\n" * 20, encoding="utf-8")
+    (root / "bad.txt").write_bytes(b"\xef\xbb\xbfBOM first, then bad \xff\xfe bytes and a \xef\xbf\xbd kept.\n" * 30)
+    if errors == "strict":
+        with pytest.raises(CorpusError, match=r"bad.txt: not valid UTF-8 at byte offset 23 \(byte 0xff\)"):
+            prepare(settings(root, encoding_errors="strict"), tmp_path / "cache")
+        assert not [p for p in (tmp_path / "cache").iterdir()]
+        return
+    text, facts = read_corpus(root, encoding_errors="replace")
+    prepared = prepare(settings(root, encoding_errors="replace"), tmp_path / "cache")
+    assert np.array_equal(prepared.ids, TOKENIZERS["char"].fit(text[: int(len(text) * 0.9)]).encode(text))
+    assert prepared.facts["replaced_bytes"] == facts["replaced_bytes"] == 60
+

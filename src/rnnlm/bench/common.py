@@ -39,7 +39,8 @@ class Plan:
     warmup_steps: int = 3
     timed_steps: int = 20
     gru_timed_steps: int = 10
-    data_sizes_mb: tuple[int, ...] = (1, 10, 100)
+    data_sizes_mb: tuple[int, ...] = (1, 100, 1000)  # char corpora prepared and mapped
+    word_sizes_mb: tuple[int, ...] = (100,)  # word-level corpora prepared and mapped
     batch_reps: int = 20
     sample_length: int = 500
     sample_streams: int = 32
@@ -57,13 +58,13 @@ PLANS: dict[str, Plan] = {
     "default": Plan("default"),
     "quick": Plan(
         "quick", gemm_sizes=(2048, 3072), gemm_reps=3, warmup_steps=2, timed_steps=6,
-        gru_timed_steps=4, data_sizes_mb=(1, 10), batch_reps=10, beam_length=100,
+        gru_timed_steps=4, data_sizes_mb=(1, 10), word_sizes_mb=(10,), batch_reps=10, beam_length=100,
         naive_steps=150, lesson_seconds=30.0,
     ),
     "tiny": Plan(
         "tiny", gemm_sizes=(512, 1024), gemm_reps=3, hidden_size=64, num_layers=1,
         batch_size=8, seq_len=32, warmup_steps=3, timed_steps=15, gru_timed_steps=10,
-        data_sizes_mb=(1,), batch_reps=5, sample_length=30, sample_streams=32,
+        data_sizes_mb=(1,), word_sizes_mb=(1,), batch_reps=5, sample_length=30, sample_streams=32,
         beam_length=15, naive_steps=15, lesson_seconds=None,
         threads=1,  # a smoke test: one thread keeps it quick and steady on a busy machine
     ),
@@ -94,7 +95,7 @@ def maxrss_mb() -> float:
 
 
 def proc_status_mb(key: str) -> float:
-    """``VmRSS``/``VmHWM`` of this process from ``/proc/self/status`` (NaN off Linux)."""
+    """``VmRSS``/``VmHWM``/``RssAnon`` of this process from ``/proc/self/status`` (NaN off Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(key + ":"):

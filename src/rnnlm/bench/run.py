@@ -17,7 +17,7 @@ import torch
 
 import rnnlm.bench as bench
 from rnnlm.bench.common import PLANS, Plan, machine_info, median_rate
-from rnnlm.bench.data import corpus_text, data_setup_worker, measure_data
+from rnnlm.bench.data import corpus_text, data_setup_worker, measure_data, prepare_worker
 from rnnlm.bench.gemm import measure_gemm_peak
 from rnnlm.bench.lesson import measure_lesson
 from rnnlm.bench.sampling import measure_sampling
@@ -120,9 +120,12 @@ def format_table(r: dict[str, Any]) -> str:
             ("malloc tuning speed-up", _fmt(r["malloc_tuning_speedup"], "x")),
         ]),
         ("3. data", [
-            *((f"setup {k}", f"{_fmt(v['setup_s'], 's')}, peak RSS {_fmt(v['peak_rss_mb'], 'MB')} "
-                             f"(imports {_fmt(v['import_rss_mb'], 'MB')}, setup +{_fmt(v['setup_growth_mb'], 'MB')})")
-              for k, v in r["data_by_size"].items()),
+            *(line for k, v in r["data_by_size"].items() for line in (
+                (f"prepare {k}", f"{_fmt(v['prepare_s'], 's')} = {_fmt(v['prepare_mb_per_s'], 'MB/s')}, "
+                                 f"peak RSS {_fmt(v['prepare_peak_rss_mb'], 'MB')}; {v['tokens']:,} tokens, vocab {v['vocab_size']:,}"),
+                (f"set-up {k}, mapped", f"{_fmt(v['setup_s'], 's')}, +{_fmt(v['setup_anon_growth_mb'], 'MB')} anonymous "
+                                        f"(peak RSS {_fmt(v['peak_rss_mb'], 'MB')}, imports {_fmt(v['import_rss_mb'], 'MB')})"),
+            )),
             ("one batch: next(iter(loader))", f"{_fmt(r['batch_first_s'] * 1e3, 'ms')} = {r['batch_vs_step_pct']:.3g}% of a step"),
             ("one batch: next(it) in an epoch", _fmt(r["batch_next_s"] * 1e3, "ms")),
         ]),
@@ -159,8 +162,11 @@ def worker(kind: str, payload: str) -> None:
     args = json.loads(payload)
     if kind == "data_setup":
         out: dict[str, Any] = data_setup_worker(**args)
+    elif kind == "prepare":
+        out = prepare_worker(**args)
     elif kind == "bare_train":
-        plan = Plan(**{**args, "gemm_sizes": tuple(args["gemm_sizes"]), "data_sizes_mb": tuple(args["data_sizes_mb"])})
+        plan = Plan(**{**args, "gemm_sizes": tuple(args["gemm_sizes"]), "data_sizes_mb": tuple(args["data_sizes_mb"]),
+                           "word_sizes_mb": tuple(args["word_sizes_mb"])})
         keep_freed_memory()  # honours RNNLM_MALLOC_TUNING=0, as the product would
         if plan.threads:
             torch.set_num_threads(plan.threads)

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from rnnlm.errors import CorpusError
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
@@ -196,6 +198,37 @@ def _file_pieces(path: Path, errors: str, facts: StreamFacts) -> Iterator[str]:
                 yield text
             if not data:
                 return
+
+
+def _file_chars(path: Path) -> int:
+    """The characters ``_stripped(_file_pieces(path))`` yields for a valid UTF-8 file, counted
+    in its bytes (every byte but a continuation byte starts a character) without decoding."""
+    chars, leading, trailing, started = 0, 0, 0, False
+    with path.open("rb") as handle:
+        while data := handle.read(READ_BYTES):
+            raw = np.frombuffer(data, dtype=np.uint8)
+            chars += int(np.count_nonzero((raw & 0xC0) != 0x80))
+            body = data.strip(b"\n")
+            if not started:
+                if body:
+                    started = True
+                    leading += len(data) - len(data.lstrip(b"\n"))
+                else:
+                    leading += len(data)
+            if body:
+                trailing = len(data) - len(data.rstrip(b"\n"))
+            elif started:
+                trailing += len(data)
+    return max(chars - leading - trailing, 0)
+
+
+def count_chars(sources: list[Source], separator: str = "\n\n", encoding_errors: str = "strict") -> int:
+    """The characters of ``stream_corpus(...)``: from the bytes for strict UTF-8 (a file that is
+    not is refused when it is decoded), by decoding when bytes are replaced."""
+    if encoding_errors == "replace":
+        return sum(len(piece) for piece in stream_corpus(sources, separator, encoding_errors))
+    inner = sum(_file_chars(s.path) if s.path is not None else len((s.text or "").strip("\n")) for s in sources)
+    return inner + len(separator) * (len(sources) - 1)
 
 
 def _stripped(pieces: Iterable[str]) -> Iterator[str]:

