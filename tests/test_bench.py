@@ -47,7 +47,9 @@ def test_tiny_run_reports_every_number(tiny_run: tuple[dict, str], capsys: pytes
     machine = result["machine"]
     assert machine["cpu_count"] >= 1 and machine["torch"] == torch.__version__ and machine["cpu_model"]
     assert set(result["data_by_size"]) == {"1mb"}
-    assert result["data_by_size"]["1mb"]["bytes"] <= 1_000_000
+    data = result["data_by_size"]["1mb"]
+    assert data["bytes"] <= 1_000_000 and 0.99 * data["bytes"] <= data["tokens"] <= data["bytes"]  # a character a token
+    assert data["prepare_mb_per_s"] > 0 and data["setup_anon_growth_mb"] < 50  # a map, not a copy
 
 
 def test_json_file_is_one_line(tiny_run: tuple[dict, str]) -> None:

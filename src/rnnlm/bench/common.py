@@ -64,7 +64,7 @@ PLANS: dict[str, Plan] = {
     "tiny": Plan(
         "tiny", gemm_sizes=(512, 1024), gemm_reps=3, hidden_size=64, num_layers=1,
         batch_size=8, seq_len=32, warmup_steps=3, timed_steps=15, gru_timed_steps=10,
-        data_sizes_mb=(1,), word_sizes_mb=(1,), batch_reps=5, sample_length=30, sample_streams=32,
+        data_sizes_mb=(1,), word_sizes_mb=(), batch_reps=5, sample_length=30, sample_streams=32,
         beam_length=15, naive_steps=15, lesson_seconds=None,
         threads=1,  # a smoke test: one thread keeps it quick and steady on a busy machine
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -106,3 +107,38 @@ def data_setup_worker(path: str, cache_dir: str | None, tokenizer: str, seq_len:
         "setup_growth_mb": (setup_peak if reset else maxrss_mb()) - import_rss,
         "setup_anon_growth_mb": proc_status_mb("RssAnon") - import_anon,
     }
+
+
+def measure_large(plan: Plan, text: str, gigabytes: float, directory: str | None = None) -> dict[str, Any]:
+    """``--large``: write a corpus of ``gigabytes``, prepare it, then train 50 steps on the map
+    (each in a fresh process); report time, throughput and memory of both."""
+    with tempfile.TemporaryDirectory(prefix="rnnlm-bench-large-", dir=directory) as tmp:
+        path, cache = Path(tmp) / "corpus.txt", str(Path(tmp) / "cache")
+        start = time.perf_counter()
+        write_corpus(path, text, int(gigabytes * 1e9))
+        written_s = time.perf_counter() - start
+        prepared = run_worker("prepare", {"path": str(path), "cache_dir": cache, "tokenizer": "char"})
+        trained = run_worker("large_train", {"path": str(path), "cache_dir": cache, "seq_len": plan.seq_len,
+                                             "batch_size": plan.batch_size, "hidden_size": plan.hidden_size,
+                                             "num_layers": plan.num_layers, "embedding_dim": plan.embedding_dim})
+    return {"large_gb": gigabytes, "large_write_s": written_s, **{f"large_{k}": v for k, v in {**prepared, **trained}.items()}}
+
+
+def large_train_worker(path: str, cache_dir: str, seq_len: int, batch_size: int, hidden_size: int, num_layers: int,
+                       embedding_dim: int) -> dict[str, float]:
+    """Map the prepared corpus and train 50 steps on it under the Lightning Trainer."""
+    from rnnlm.bench.training import lightning_train_steps
+    from rnnlm.data.datamodule import CorpusDataModule
+
+    import_anon = proc_status_mb("RssAnon")
+    start = time.perf_counter()
+    dm = CorpusDataModule(path=path, seq_len=seq_len, batch_size=batch_size, cache_dir=cache_dir)
+    dm.setup("fit")
+    setup_s = time.perf_counter() - start
+    setup_anon = proc_status_mb("RssAnon") - import_anon
+    plan = Plan("large", hidden_size=hidden_size, num_layers=num_layers, embedding_dim=embedding_dim,
+                batch_size=batch_size, seq_len=seq_len, warmup_steps=2, timed_steps=48)
+    times = lightning_train_steps(plan, dm)
+    return {"setup_s": setup_s, "setup_anon_growth_mb": setup_anon, "train_steps": len(times) + 2,
+            "train_step_s": statistics.median(times), "train_peak_rss_mb": max(proc_status_mb("VmHWM"), maxrss_mb()),
+            "train_anon_mb": proc_status_mb("RssAnon")}

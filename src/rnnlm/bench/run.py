@@ -17,7 +17,14 @@ import torch
 
 import rnnlm.bench as bench
 from rnnlm.bench.common import PLANS, Plan, machine_info, median_rate
-from rnnlm.bench.data import corpus_text, data_setup_worker, measure_data, prepare_worker
+from rnnlm.bench.data import (
+    corpus_text,
+    data_setup_worker,
+    large_train_worker,
+    measure_data,
+    measure_large,
+    prepare_worker,
+)
 from rnnlm.bench.gemm import measure_gemm_peak
 from rnnlm.bench.lesson import measure_lesson
 from rnnlm.bench.sampling import measure_sampling
@@ -164,6 +171,8 @@ def worker(kind: str, payload: str) -> None:
         out: dict[str, Any] = data_setup_worker(**args)
     elif kind == "prepare":
         out = prepare_worker(**args)
+    elif kind == "large_train":
+        out = large_train_worker(**args)
     elif kind == "bare_train":
         plan = Plan(**{**args, "gemm_sizes": tuple(args["gemm_sizes"]), "data_sizes_mb": tuple(args["data_sizes_mb"]),
                            "word_sizes_mb": tuple(args["word_sizes_mb"])})
@@ -186,6 +195,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", help="a UTF-8 text file (default: the embedded plays)")
     parser.add_argument("--json", help="also write the JSON result to this file")
     parser.add_argument("--lesson-seconds", type=float, help="training seconds of each lesson-comparison model")
+    parser.add_argument("--large", type=float, metavar="GB", nargs="?", const=5.0,
+                        help="only this: write a corpus of GB gigabytes (default 5), prepare it, train 50 steps on it")
+    parser.add_argument("--large-dir", help="where --large writes its corpus and cache (default: the temp dir)")
     return parser.parse_args(argv)
 
 
@@ -193,8 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.corpus is not None:
         args.corpus = str(Path(args.corpus).expanduser().resolve())
-    result = run(args)
-    print(format_table(result))
+    if args.large:
+        plan = PLANS["default"]
+        result = _rounded({"plan": "large", "machine": machine_info(),
+                           **measure_large(plan, corpus_text(plan), args.large, args.large_dir)})
+        print("\n".join(f"{k:<32}{v}" for k, v in result.items() if k != "machine"))
+    else:
+        result = run(args)
+        print(format_table(result))
     line = json.dumps(result)
     print(line)
     if args.json:
