@@ -16,6 +16,7 @@ import numpy as np
 UNK = "<unk>"
 _CHUNK = 1 << 22  # code points encoded per vectorised step; bounds the temporary memory
 _WORD = re.compile(r"\w+|[^\w\s]|\s+")
+_WORD_CHUNK = 1 << 20  # characters split into words at a time
 UNICODE_SIZE = 0x110000  # code points 0 ... U+10FFFF
 
 
@@ -147,14 +148,16 @@ class WordTokenizer(Tokenizer):
 
 
 def _words(pieces: Iterable[str]) -> Iterator[list[str]]:
-    """``_WORD.findall("".join(pieces))`` in lists, one per piece: the last word of a piece may
-    go on in the next, so it is carried over (every other match ends where it would anyway)."""
+    """``_WORD.findall("".join(pieces))`` in lists of at most ~``_WORD_CHUNK`` characters' words:
+    the last word of a chunk may go on in the next, so it is carried over (every other match
+    ends where it would anyway). Small lists: a Python string per word costs ~55 bytes."""
     carry = ""
     for piece in pieces:
-        words = _WORD.findall(carry + piece)
-        carry = words.pop() if words else ""
-        if words:
-            yield words
+        for start in range(0, len(piece), _WORD_CHUNK):
+            words = _WORD.findall(carry + piece[start : start + _WORD_CHUNK])
+            carry = words.pop() if words else ""
+            if words:
+                yield words
     if carry:
         yield [carry]
 
