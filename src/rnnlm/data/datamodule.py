@@ -82,19 +82,26 @@ class WindowSampler(Sampler[int]):
         return len(range(self.rank, self.size, self.world_size))
 
     def _indices(self) -> torch.Tensor:
+        # int32 where it fits: the same permutation (torch.randperm draws it the same way), half
+        # the memory; an epoch's order is 4 bytes a window, never a Python list.
+        dtype = torch.int32 if self.size < 2**31 else torch.int64
         if self.order == "shuffle":
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=generator)[: len(self) * self.world_size]
+            order = torch.randperm(self.size, generator=generator, dtype=dtype)[: len(self) * self.world_size]
             return order[self.rank :: self.world_size]
         if self.order == "lanes":
             lane_len = self.size // (self.lanes * self.world_size)
-            mine = torch.arange(self.lanes) + self.rank * self.lanes
-            return (mine[None, :] * lane_len + torch.arange(lane_len)[:, None]).flatten()
-        return torch.arange(self.rank, self.size, self.world_size)
+            mine = torch.arange(self.lanes, dtype=dtype) + self.rank * self.lanes
+            return (mine[None, :] * lane_len + torch.arange(lane_len, dtype=dtype)[:, None]).flatten()
+        return torch.arange(self.rank, self.size, self.world_size, dtype=dtype)
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
-        return iter(self._indices()[start:].tolist())
+        for chunk in self._indices()[start:].split(ITER_CHUNK):
+            yield from chunk.tolist()
+
+
+ITER_CHUNK = 1 << 16  # indices handed to the loader as Python ints at a time
 
 
 def keep_batch(batch: Batch) -> Batch:
