@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 
 from rnnlm.data import corpus as corpus_module
+from rnnlm.data import prepare as prepare_module
 from rnnlm.data.corpus import read_corpus
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.data.prepare import META, CorpusSettings, prepare
 from rnnlm.data.tokenizers import TOKENIZERS
 from rnnlm.errors import CorpusError
+from rnnlm.files import DiskError
 from tests.processes import ROOT, run, started
 
 TEXTS = {
@@ -124,7 +127,7 @@ def test_a_prepare_killed_midway_is_not_taken_for_complete(tmp_path):
         assert proc.poll() is None, "the prepare ended before it could be killed"
         proc.kill()
         proc.wait(timeout=30)
-    assert list(cache.glob("*.partial-*")) and not [p for p in cache.iterdir() if ".partial-" not in p.name]
+    assert list(cache.glob("*.partial-*")) and not [p for p in cache.iterdir() if p.is_dir() and ".partial-" not in p.name]
     prepared = prepare(settings(corpus), cache)  # prepares anew, and clears what the killed one left
     assert not prepared.reused and len(prepared.ids) == prepared.facts["chars"]
     assert not list(cache.glob("*.partial-*"))
@@ -138,7 +141,7 @@ def test_two_prepares_of_one_corpus_at_once_both_succeed_with_the_same_files(tmp
         codes = [one.returncode, two.returncode]
     assert codes == [0, 0], outputs
     assert outputs[0][0] == outputs[1][0]
-    (entry,) = list(cache.iterdir())
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
     assert json.loads((entry / META).read_text())["tokens"] == int(outputs[0][0].split()[1])
 
 
@@ -181,10 +184,28 @@ def test_bytes_that_are_not_utf8_are_refused_or_replaced_as_in_memory(tmp_path, 
     if errors == "strict":
         with pytest.raises(CorpusError, match=r"bad.txt: not valid UTF-8 at byte offset 23 \(byte 0xff\)"):
             prepare(settings(root, encoding_errors="strict"), tmp_path / "cache")
-        assert not [p for p in (tmp_path / "cache").iterdir()]
+        assert not [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
         return
     text, facts = read_corpus(root, encoding_errors="replace")
     prepared = prepare(settings(root, encoding_errors="replace"), tmp_path / "cache")
     assert np.array_equal(prepared.ids, TOKENIZERS["char"].fit(text[: int(len(text) * 0.9)]).encode(text))
     assert prepared.facts["replaced_bytes"] == facts["replaced_bytes"] == 60
 
+
+
+def test_an_entry_cut_short_is_prepared_again_and_a_full_disk_is_one_error(corpus_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = prepare(settings(corpus_dir), cache)
+    expected = np.array(first.ids)
+    tokens = first.directory / "tokens.bin"
+    tokens.write_bytes(tokens.read_bytes()[:-10])  # a copy cut short
+    again = prepare(settings(corpus_dir), cache)
+    assert not again.reused and np.array_equal(again.ids, expected)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_module, "_write_synced", full)
+    with pytest.raises(DiskError, match=r"disk full.*free disk space \(or pass data.cache_dir=<another disk>\)"):
+        prepare(settings(corpus_dir, "word"), cache)
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == [first.directory.name]  # nothing partial is left

@@ -42,7 +42,8 @@ def free_space(directory: Path) -> str:
     return ""  # unreachable
 
 
-def disk_error(path: Path | None, err: OSError, kept: str = "", directory: Path | None = None) -> DiskError:
+def disk_error(path: Path | None, err: OSError, kept: str = "", directory: Path | None = None,
+               elsewhere: str = "hydra.run.dir") -> DiskError:
     """One line: which file (if known), why, the free space, and what is still intact."""
     full = err.errno in NO_SPACE
     what = "disk full" if full else (err.strerror or type(err).__name__)
@@ -51,7 +52,7 @@ def disk_error(path: Path | None, err: OSError, kept: str = "", directory: Path 
     return DiskError(
         f"could not {'write' if full else 'read or write'} {path or 'a file of the run'} "
         f"({what}, {free_space(directory)} in {directory}){kept}; "
-        "free disk space (or pass hydra.run.dir=<another disk>) and run again"
+        f"free disk space (or pass {elsewhere}=<another disk>) and run again"
     )
 
 

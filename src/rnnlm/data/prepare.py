@@ -17,14 +17,16 @@ runs preparing the same corpus at once both end with the same files.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import socket
 import time
-import uuid
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,9 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from rnnlm.data import corpus as _corpus
+from rnnlm.data import tokenizers as _tokenizers
 from rnnlm.data.corpus import Source, StreamFacts, corpus_sources, count_chars, file_bytes, stream_corpus, take_chars
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
+from rnnlm.files import disk_error
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ FORMAT = 1  # of the files below; part of the cache key
 BLOCK = 1 << 20  # <unk> is counted per block of this many tokens, so any region's count is quick
 TOKENS, META, UNK_BLOCKS = "tokens.bin", "meta.json", "unk_blocks.npy"
 PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora prepare in about a second: no progress bar
+# The code that turns text into tokens: a change to it prepares anew.
+CODE_VERSION = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in (_corpus, _tokenizers))).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,8 @@ class PreparedCorpus:
 
 def cache_name(settings: CorpusSettings, sources: list[Source]) -> str:
     """``<corpus>-<tokenizer>-<hash>``: readable, and new whenever the tokens would differ."""
-    identity = {"format": FORMAT, "settings": asdict(settings), "sources": [s.identity() for s in sources]}
+    identity = {"format": FORMAT, "code": CODE_VERSION, "unicode": unicodedata.unidata_version,
+                "settings": asdict(settings), "sources": [s.identity() for s in sources]}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     stem = Path(settings.path).expanduser().name if settings.path else "shakespeare"
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:40] or "corpus"
@@ -87,7 +95,10 @@ def cache_name(settings: CorpusSettings, sources: list[Source]) -> str:
 
 def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedCorpus:
     """The corpus's tokens: mapped from the cache when prepared before, else prepared now
-    (into ``cache_dir``; in memory when it is ``None``)."""
+    (into ``cache_dir``; in memory when it is ``None``).
+
+    One process prepares an entry at a time: the others (a second run, the other ranks of an
+    ``srun``/``torchrun`` job) wait on its lock file and then map what it wrote."""
     if settings.tokenizer not in TOKENIZERS:
         raise ConfigError(f"data.tokenizer={settings.tokenizer!r}; use one of {sorted(TOKENIZERS)}")
     started = time.perf_counter()
@@ -96,28 +107,52 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
         return _encode(settings, sources, None)
     root = Path(cache_dir).expanduser()
     final = root / cache_name(settings, sources)
-    if (final / META).is_file():
+    if _complete(final):
         return load(final)
     try:
         root.mkdir(parents=True, exist_ok=True)
+        lock = (root / f"{final.name}.lock").open("a")
     except OSError as err:
-        raise CorpusError(f"data.cache_dir={root} cannot be created ({err.strerror}); pass data.cache_dir=<a writable dir>") from None
-    _remove_stale_partials(root, final.name)
-    partial = root / f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
-    try:
-        _encode(settings, sources, partial)
+        raise CorpusError(f"data.cache_dir={root} cannot be written ({err.strerror}); pass data.cache_dir=<a writable dir>") from None
+    with lock:
         try:
-            os.rename(partial, final)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            if not (final / META).is_file():  # not a concurrent prepare that finished first
-                raise
+            log.info("corpus: waiting for another process preparing %s", final)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final):  # prepared while this process waited
+            return load(final)
+        if final.exists():  # an entry that does not check out (a crash, a copy cut short): prepare anew
+            log.warning("corpus: %s is incomplete; preparing it again", final)
+            shutil.rmtree(final, ignore_errors=True)
+        for stale in root.glob(f"{final.name}.partial-*"):  # this process holds the lock: nobody writes these
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed %s, left by a prepare that did not finish", stale)
+        partial = root / f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}"
+        try:
+            partial.mkdir()
+            _encode(settings, sources, partial)
+            os.rename(partial, final)
+            _fsync_dir(root)
+        except OSError as err:
+            raise disk_error(None, err, directory=root, elsewhere="data.cache_dir") from None
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # gone after the rename, or ours to drop
         log.info("corpus: prepared %s in %.1f s", final, time.perf_counter() - started)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # gone after the rename, or ours to drop
     prepared = load(final)
     prepared.reused = False
     return prepared
+
+
+def _complete(directory: Path) -> bool:
+    """Whether a cache entry holds everything :func:`load` needs, of the size meta.json says."""
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        size = (directory / TOKENS).stat().st_size
+        return (meta.get("format") == FORMAT and size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
+                and (directory / UNK_BLOCKS).is_file())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def load(directory: Path) -> PreparedCorpus:
@@ -130,24 +165,19 @@ def load(directory: Path) -> PreparedCorpus:
                           directory, reused=True)
 
 
-def _remove_stale_partials(root: Path, name: str) -> None:
-    """Partial entries left by prepares on this host that are no longer running."""
-    host = socket.gethostname()
-    for partial in root.glob(f"{name}.partial-*"):
-        owner = partial.name.rsplit(".partial-", 1)[1].rsplit("-", 2)
-        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
-            shutil.rmtree(partial, ignore_errors=True)
-            log.info("removed %s, left by a prepare that did not finish", partial)
-
-
-def _alive(pid: int) -> bool:
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _progress(sources: list[Source], label: str, facts: StreamFacts, pieces: Iterable[str]) -> Iterator[str]:
@@ -202,7 +232,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
                     unk_blocks[int(block)] = unk_blocks.get(int(block), 0) + int(n)
             count += len(ids)
             if out is not None:
-                ids.tofile(out)
+                out.write(memoryview(np.ascontiguousarray(ids)).cast("B"))  # raises on a full disk, unlike tofile
             else:
                 parts.append(ids)
         if out is not None:
@@ -218,9 +248,12 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
         return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False)
-    np.save(directory / UNK_BLOCKS, blocks)
+    buffer = io.BytesIO()
+    np.save(buffer, blocks)
+    _write_synced(directory / UNK_BLOCKS, buffer.getvalue())
     meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
                             "tokens": count, "facts": facts, "settings": asdict(settings),
                             "sources": [s.identity() for s in sources]}
-    (directory / META).write_text(json.dumps(meta), encoding="utf-8")  # last: its presence marks the entry complete
+    _write_synced(directory / META, json.dumps(meta).encode())  # last: with the sizes, it marks the entry complete
+    _fsync_dir(directory)
     return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False)
