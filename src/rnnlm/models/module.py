@@ -66,6 +66,7 @@ class LanguageModel(pl.LightningModule):
             {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in ("loss", "acc", "loss_stateful")}
         )
         self.flops_per_batch = 0.0  # for Lightning's ThroughputMonitor; set each step
+        self._flops_per_token = self.net.flops_per_token()
         self.carry_state = False  # set at fit start when the data comes in lanes
         self._train_state = None
         self.val_loss_best = MinMetric()
@@ -81,7 +82,7 @@ class LanguageModel(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         inputs, targets = batch
         passes = 3 if split == "train" else 1  # backward ~ twice the forward
-        self.flops_per_batch = passes * self.net.flops_per_token() * targets.numel()
+        self.flops_per_batch = passes * self._flops_per_token * targets.numel()
         if split == "train" and self.carry_state:
             # Truncated BPTT across batches: start where the previous batch of each lane ended.
             logits, state = self(inputs, self._train_state)
