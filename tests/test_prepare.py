@@ -49,6 +49,7 @@ def settings(path: Path, tokenizer: str = "char", train_fraction: float = 0.9, *
 def test_prepared_tokens_equal_the_in_memory_encoding(corpus_dir, tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(corpus_module, "READ_BYTES", 7)  # pieces that cut words and UTF-8 sequences
     text, _ = read_corpus(corpus_dir)
+    assert text == "\n\n".join(TEXTS[name].strip("\n") for name in sorted(TEXTS))  # the documents, joined
     expected_tokenizer = TOKENIZERS[tokenizer].fit(text[: int(len(text) * 0.9)])
     expected = expected_tokenizer.encode(text)
     prepared = prepare(settings(corpus_dir, tokenizer), tmp_path / "cache")

