@@ -197,7 +197,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lesson-seconds", type=float, help="training seconds of each lesson-comparison model")
     parser.add_argument("--large", type=float, metavar="GB", nargs="?", const=5.0,
                         help="only this: write a corpus of GB gigabytes (default 5), prepare it, train 50 steps on it")
-    parser.add_argument("--large-dir", help="where --large writes its corpus and cache (default: the temp dir)")
+    parser.add_argument("--large-dir", help="where --large and --ddp write their corpora and caches (default: the temp dir)")
+    parser.add_argument("--ddp", type=float, metavar="GB", nargs="?", const=1.0,
+                        help="only this: each rank's anonymous memory in 2-rank CPU DDP runs of train.py "
+                             "on a 1 MB and a GB corpus (default 1), prepared first")
     return parser.parse_args(argv)
 
 
@@ -210,6 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _rounded({"plan": "large", "machine": machine_info(),
                            **measure_large(plan, corpus_text(plan), args.large, args.large_dir)})
         print("\n".join(f"{k:<32}{v}" for k, v in result.items() if k != "machine"))
+    elif args.ddp:
+        from rnnlm.bench.ddp import measure_ddp_memory
+
+        plan = PLANS["default"]
+        result = _rounded({"plan": "ddp", "machine": machine_info(),
+                           **measure_ddp_memory(plan, corpus_text(plan), (1.0, args.ddp * 1000), args.large_dir)})
+        print(json.dumps(result, indent=1))
     else:
         result = run(args)
         print(format_table(result))

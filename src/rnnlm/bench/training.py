@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import asdict
 from typing import Any
@@ -16,11 +17,14 @@ from rnnlm.models.rnn import flops_per_token
 from rnnlm.runtime import keep_freed_memory, native_cpu_bf16
 
 
-def build_datamodule(plan: Plan, seq_len: int | None = None, batch_size: int | None = None):
-    """A set-up :class:`CorpusDataModule` over the plan's corpus (``None``: the plays)."""
+def build_datamodule(plan: Plan, seq_len: int | None = None, batch_size: int | None = None,
+                     cache_dir: str | None = None):
+    """A set-up :class:`CorpusDataModule` over the plan's corpus (``None``: the plays);
+    ``cache_dir``: prepared there and memory-mapped, as a run does."""
     from rnnlm.data.datamodule import CorpusDataModule
 
-    dm = CorpusDataModule(path=plan.corpus, seq_len=seq_len or plan.seq_len, batch_size=batch_size or plan.batch_size)
+    dm = CorpusDataModule(path=plan.corpus, seq_len=seq_len or plan.seq_len, batch_size=batch_size or plan.batch_size,
+                          cache_dir=cache_dir)
     dm.setup("fit")
     return dm
 
@@ -119,8 +123,13 @@ def lightning_train_steps(plan: Plan, dm) -> list[float]:
 
 
 def measure_training(plan: Plan) -> dict[str, Any]:
-    """Lightning vs bare loop (LSTM), GRU in the bare loop, the bare loop with malloc tuning off."""
-    dm = build_datamodule(plan)
+    """Lightning vs bare loop (LSTM), GRU in the bare loop, the bare loop with malloc tuning off.
+    The batches come from the memory-mapped token file, as in a run."""
+    with tempfile.TemporaryDirectory(prefix="rnnlm-bench-cache-") as cache:
+        return _measure_training(plan, build_datamodule(plan, cache_dir=cache))
+
+
+def _measure_training(plan: Plan, dm) -> dict[str, Any]:
     tokens = plan.batch_size * plan.seq_len
     lstm_flops = 3 * flops_per_token("lstm", dm.vocab_size, plan.hidden_size, plan.num_layers, plan.embedding_dim)
     gru_flops = 3 * flops_per_token("gru", dm.vocab_size, plan.hidden_size, plan.num_layers, plan.embedding_dim)
