@@ -159,3 +159,42 @@ def test_ranks_get_disjoint_equal_shares():
     resumed = WindowSampler(50, "shuffle", seed=3)
     resumed.start = 20
     assert list(resumed) == a[20:] and list(resumed) == a  # the skip applies once
+
+
+@pytest.mark.parametrize("in_memory_max", [1 << 22, 10], ids=["randperm", "computed"])
+def test_shuffled_order_is_a_permutation_per_seed_and_epoch(monkeypatch, in_memory_max):
+    from rnnlm.data import datamodule
+    from rnnlm.data.datamodule import WindowSampler
+
+    monkeypatch.setattr(datamodule, "IN_MEMORY_ORDER_MAX", in_memory_max)
+    monkeypatch.setattr(datamodule, "ITER_CHUNK", 7)  # several chunks per epoch
+    size = 1001
+    shares = [list(WindowSampler(size, "shuffle", seed=5, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(share) == size // 3 for share in shares)
+    union = [i for share in shares for i in share]
+    assert len(set(union)) == len(union) == 3 * (size // 3) and set(union) <= set(range(size))
+    assert shares[0] == list(WindowSampler(size, "shuffle", seed=5, rank=0, world_size=3))
+    assert shares[0] != list(WindowSampler(size, "shuffle", seed=6, rank=0, world_size=3))
+    next_epoch = WindowSampler(size, "shuffle", seed=5, rank=0, world_size=3)
+    next_epoch.set_epoch(1)
+    assert list(next_epoch) != shares[0]
+    resumed = WindowSampler(size, "shuffle", seed=5, rank=1, world_size=3)
+    resumed.start = 40
+    assert list(resumed) == shares[1][40:]
+    whole = list(WindowSampler(size, "shuffle", seed=5))
+    assert sorted(whole) == list(range(size)) and whole != sorted(whole)
+
+
+def test_a_computed_order_holds_no_epoch_of_indices(monkeypatch):
+    """Above the threshold the order is never materialised: torch.randperm is not called."""
+    from rnnlm.data import datamodule
+    from rnnlm.data.datamodule import WindowSampler
+
+    monkeypatch.setattr(datamodule, "IN_MEMORY_ORDER_MAX", 1000)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("randperm drew the whole order")
+
+    monkeypatch.setattr(datamodule.torch, "randperm", refuse)
+    order = WindowSampler(5000, "shuffle", seed=1)
+    assert len(set(order)) == 5000

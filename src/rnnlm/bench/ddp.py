@@ -3,7 +3,7 @@ corpus and on a large one, both prepared first (``prepare_only=true``, the login
 
 The ranks map the prepared token file, so what they hold of the corpus is page cache (shared,
 reclaimable), not ``RssAnon``; the difference between the two corpora is what a rank's own
-memory grows by with the corpus (the window order: 4 bytes a window).
+memory grows by with the corpus.
 """
 
 from __future__ import annotations

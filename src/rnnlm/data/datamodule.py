@@ -7,10 +7,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from rnnlm.data.permutation import LazyPermutation
 from rnnlm.data.prepare import CorpusSettings, PreparedCorpus, prepare
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
@@ -54,7 +56,8 @@ class WindowSampler(Sampler[int]):
     """This rank's windows, in an order that is a pure function of ``(seed, epoch)``.
 
     - ``shuffle``: a fresh permutation each epoch; each DDP rank takes a disjoint,
-      equal-size slice.
+      equal-size slice. Up to ``IN_MEMORY_ORDER_MAX`` windows it is ``torch.randperm``'s;
+      above, a :class:`LazyPermutation` computed as it is read.
     - ``lanes``: the region is cut into ``lanes`` contiguous lanes (per rank) and batch
       ``i`` holds the ``i``-th window of every lane, so a model that carries its state from
       batch to batch reads each lane in order (truncated BPTT, the char-rnn way).
@@ -97,11 +100,22 @@ class WindowSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
+        if self.order == "shuffle" and self.size > IN_MEMORY_ORDER_MAX:
+            # This rank's k-th window is the permutation's value at rank + k * world_size, as
+            # in the in-memory order; computed a chunk at a time, so memory stays flat.
+            permutation = LazyPermutation(self.size, self.seed + self.epoch)
+            for first in range(start, len(self), ITER_CHUNK):
+                ks = np.arange(first, min(first + ITER_CHUNK, len(self)), dtype=np.int64)
+                yield from permutation[self.rank + ks * self.world_size].tolist()
+            return
         for chunk in self._indices()[start:].split(ITER_CHUNK):
             yield from chunk.tolist()
 
 
 ITER_CHUNK = 1 << 16  # indices handed to the loader as Python ints at a time
+# Above this many windows the shuffled order is computed as it is read (rnnlm.data.permutation)
+# rather than drawn whole by torch.randperm: at most 16 MB of order in any rank.
+IN_MEMORY_ORDER_MAX = 1 << 22
 
 
 def keep_batch(batch: Batch) -> Batch:
