@@ -96,8 +96,24 @@ def test_the_cache_is_reused_until_what_makes_the_tokens_changes(corpus_dir, tmp
     stat = file.stat()  # the same size, a later modification time
     file.write_text("Changed text, chanGed size.\n", encoding="utf-8")
     os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert not prepare(settings(corpus_dir), cache).reused
+    edited = prepare(settings(corpus_dir), cache)
+    assert not edited.reused
+    stat = file.stat()  # the same size and modification time, as cp -p or touch -r leave it
+    file.write_text("Changed text, chanGed sizE.\n", encoding="utf-8")
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    restamped = prepare(settings(corpus_dir), cache)
+    assert not restamped.reused and restamped.directory != edited.directory
+    assert restamped.tokenizer.decode(restamped.ids[:40]).startswith("Changed text, chanGed sizE.")
     assert not list(cache.glob("*.partial-*"))
+
+
+def test_a_symlinked_corpus_maps_the_same_entry(corpus_dir, tmp_path):
+    cache = tmp_path / "cache"
+    first = prepare(settings(corpus_dir), cache)
+    link = tmp_path / "link"
+    link.symlink_to(corpus_dir, target_is_directory=True)
+    again = prepare(settings(link), cache)
+    assert again.reused and again.directory == first.directory
 
 
 PREPARE = """

@@ -23,10 +23,16 @@ def job_dirs(sweep):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_share_one_run_dir(tmp_path, corpus_file):
     out = tmp_path / "run"
+    cache = tmp_path / "cache"
     result = run([*FAST, f"data.path={corpus_file}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                  f"hydra.run.dir={out}"], tmp_path)
-    assert "MEMBER: 2/2" in result.stdout + result.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # rank 1 wrote nowhere else
+                  f"hydra.run.dir={out}", f"data.cache_dir={cache}"], tmp_path)
+    output = result.stdout + result.stderr
+    assert "MEMBER: 2/2" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]  # rank 1 wrote nowhere else
+    # Prepared once (by rank 0, in prepare_data), mapped by both ranks.
+    entries = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file(), sorted(p.name for p in cache.iterdir())
+    assert output.count("corpus: prepared") == 1 and output.count("corpus: reusing") == 1, output[-3000:]
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and len([c for c in ckpts if c.startswith("step")]) == 1
     record = json.loads((out / "metrics.json").read_text())

