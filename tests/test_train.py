@@ -136,7 +136,7 @@ def test_train_cli_smoke(tmp_path, corpus_file):
                      "trainer.max_steps=20", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    for expected in ("val: loss", "perplexity", "bits/token", "best checkpoint:", "wandb sync", "temperature 0.8"):
+    for expected in ("val: loss", "perplexity", "bits/char", "best checkpoint:", "wandb sync", "temperature 0.8"):
         assert expected in out
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
@@ -156,7 +156,7 @@ def test_stateful_evaluation_is_logged_next_to_per_window(trained):
         # The same weights (the best checkpoint) reading the split in order, scored directly.
         tokens = trained["objects"]["datamodule"].tokens[split]
         lanes = min(trained["objects"]["cfg"].model.stateful_eval_lanes, (len(tokens) - 1) // 2)
-        nll_sum, _, count = score_totals(trained["objects"]["model"].net, tokens, lanes, chunk=256)
+        nll_sum, _, count, _ = score_totals(trained["objects"]["model"].net, tokens, lanes, chunk=256)
         assert metrics[f"{split}/loss_stateful"] == pytest.approx(nll_sum / count, rel=1e-4)
         assert metrics[f"{split}/bpc_stateful"] == pytest.approx(metrics[f"{split}/loss_stateful"] / math.log(2), rel=1e-5)
 
@@ -277,3 +277,21 @@ def test_a_run_without_a_logger_trains(tmp_path, corpus_file):
                          "test=false", "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 2 and (tmp_path / "metrics.json").is_file()
+
+
+def test_a_word_model_reports_bits_per_character_of_the_text_it_scores(tmp_path, corpus_file):
+    """bpc: the bits of a split over the characters its tokens stand for; bpt: per token."""
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=500",
+                         "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
+    tokenizer = objects["datamodule"].tokenizer
+    lengths = torch.tensor(tokenizer.char_lengths())
+    assert tokenizer.unk_chars > 1  # <unk> stands for the rarer, longer words
+    tokens = objects["datamodule"].tokens["val"]
+    lanes = min(cfg.model.stateful_eval_lanes, (len(tokens) - 1) // 2)
+    nll_sum, _, count, chars = score_totals(objects["model"].net, tokens, lanes, chunk=256, char_lengths=lengths)
+    assert chars == pytest.approx(float(lengths[tokens[1 : 1 + count].long()].sum()), rel=0.2)
+    assert metrics["val/bpt_stateful"] == pytest.approx(nll_sum / count / math.log(2), rel=1e-4)
+    assert metrics["val/bpc_stateful"] == pytest.approx(nll_sum / chars / math.log(2), rel=1e-4)
+    assert 1.5 < metrics["val/bpt"] / metrics["val/bpc"] < 6  # words of a few characters (spaces are tokens)
+    assert metrics["val/bpt"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-5)

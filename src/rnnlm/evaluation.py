@@ -1,4 +1,4 @@
-"""Likelihood of a text under a model: loss, perplexity, bits per token, accuracy.
+"""Likelihood of a text under a model: loss, perplexity, bits per token and per character, accuracy.
 
 Training's evaluation (``models.module``), calibration (``rnnlm.calibration``) and sampling's
 score mode (``rnnlm.sampling``) use it, so it depends on none of them: data <- models <- generation, with this below all three.
@@ -38,27 +38,36 @@ def stateful_chunks(
 
 
 @torch.no_grad()
-def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int = 4096) -> tuple[float, int, int]:
-    """Summed NLL (nats), correct top-1 guesses and scored tokens, state carried throughout.
+def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int = 4096,
+                 char_lengths: torch.Tensor | None = None) -> tuple[float, int, int, float]:
+    """Summed NLL (nats), correct top-1 guesses, scored tokens and the characters they stand
+    for (``char_lengths[id]``, see ``Tokenizer.char_lengths``; one per token when ``None``),
+    state carried throughout.
 
     ``lanes=1`` scores the whole text as one sequence; more lanes score contiguous parts of
     it side by side as one batch (see ``stateful_chunks``).
     """
-    nll_sum, correct, count = 0.0, 0, 0
+    nll_sum, correct, count, chars = 0.0, 0, 0, 0.0
     for flat, target in stateful_chunks(net, ids, lanes, chunk):
         nll_sum += float(F.cross_entropy(flat, target, reduction="sum"))
         correct += int((flat.argmax(-1) == target).sum())
         count += target.numel()
-    return nll_sum, correct, count
+        chars += float(char_lengths.to(target.device)[target].sum()) if char_lengths is not None else target.numel()
+    return nll_sum, correct, count, chars
 
 
-def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096) -> dict[str, float]:
-    """Loss, perplexity, bits and accuracy of a text read in one pass with the state carried.
+def likelihood_figures(nll_sum: float, correct: int, count: int, chars: float) -> dict[str, float]:
+    """Loss and perplexity per token, bits per token (``bpt``) and per character (``bpc``)."""
+    loss = nll_sum / count
+    return {"loss": loss, "ppl": math.exp(loss), "bpt": loss / math.log(2), "bpc": nll_sum / math.log(2) / chars,
+            "acc": correct / count, "tokens": count, "chars": chars}
 
-    The first token has no context, so ``len(ids) - 1`` tokens are scored.
-    """
+
+def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096,
+              char_lengths: torch.Tensor | None = None) -> dict[str, float]:
+    """Loss, perplexity, bits per token and per character, and accuracy of a text read in one
+    pass with the state carried. The first token has no context, so ``len(ids) - 1`` tokens
+    are scored."""
     if ids.numel() < 2:
         raise ConfigError("the text to score needs at least two tokens")
-    nll_sum, correct, count = score_totals(net, ids, 1, chunk)
-    loss = nll_sum / count
-    return {"loss": loss, "ppl": math.exp(loss), "bpc": loss / math.log(2), "acc": correct / count, "tokens": count}
+    return likelihood_figures(*score_totals(net, ids, 1, chunk, char_lengths))

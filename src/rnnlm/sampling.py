@@ -60,7 +60,8 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
     check_known(loaded.tokenizer, text, "the text to score", cfg.get("unknown", "error"))
     ids = torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
-    return score_ids(loaded.net, ids)
+    lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
+    return score_ids(loaded.net, ids, char_lengths=lengths)
 
 
 def settings_from(cfg: DictConfig) -> DecodeSettings:
@@ -170,7 +171,8 @@ def report(metrics: dict[str, float], objects: dict[str, Any]) -> str:
     else:
         lines.append(
             f"score: loss {record['loss']:.4f} nats/token | perplexity {record['ppl']:.3f} | "
-            f"{record['bpc']:.4f} bits/token | accuracy {record['acc']:.3f} over {record['tokens']} tokens"
+            f"{record['bpc']:.4f} bits/char, {record['bpt']:.4f} bits/token | accuracy {record['acc']:.3f} "
+            f"over {record['tokens']} tokens"
         )
     lines.append(f"written: {objects['output_dir'] / 'result.json'}")
     return "\n".join(lines)

@@ -41,12 +41,21 @@ class Tokenizer:
 
     kind: str
 
-    def __init__(self, vocab: list[str], start: str = "\n\n"):
+    def __init__(self, vocab: list[str], start: str = "\n\n", unk_chars: float = 1.0):
         if not vocab or vocab[0] != UNK:
             raise ValueError(f"a vocabulary starts with {UNK!r}")
         self.vocab = list(vocab)
         self.start = start  # text that begins a document: what an empty prompt primes with
+        self.unk_chars = float(unk_chars)  # mean characters of what <unk> replaced in the train split
         self.index = {tok: i for i, tok in enumerate(self.vocab)}
+
+    def char_lengths(self) -> np.ndarray:
+        """Characters of text each id stands for (float64, one per id): bits per character
+        divide a text's bits by the sum of these over its tokens. ``<unk>`` counts as the mean
+        length of the tokens it replaced when the vocabulary was fitted."""
+        lengths = np.array([len(token) for token in self.vocab], dtype=np.float64)
+        lengths[0] = self.unk_chars
+        return lengths
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -84,14 +93,15 @@ class Tokenizer:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab": list(self.vocab), "start": self.start}
+        return {"kind": self.kind, "vocab": list(self.vocab), "start": self.start, "unk_chars": self.unk_chars}
 
     @staticmethod
     def from_dict(state: dict[str, Any]) -> Tokenizer:
         kinds = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer)}
         if state.get("kind") not in kinds:
             raise ValueError(f"unknown tokenizer kind {state.get('kind')!r}")
-        return kinds[state["kind"]](list(state["vocab"]), state.get("start", "\n\n"))
+        # Checkpoints written before unk_chars existed: one character per <unk>.
+        return kinds[state["kind"]](list(state["vocab"]), state.get("start", "\n\n"), state.get("unk_chars", 1.0))
 
 
 class CharTokenizer(Tokenizer):
@@ -99,8 +109,8 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, vocab: list[str], start: str = "\n\n"):
-        super().__init__(vocab, start)
+    def __init__(self, vocab: list[str], start: str = "\n\n", unk_chars: float = 1.0):
+        super().__init__(vocab, start, 1.0)  # <unk> replaces one character
         self._table: np.ndarray | None = None  # id of every code point, built on first use
 
     @classmethod
@@ -136,7 +146,12 @@ class WordTokenizer(Tokenizer):
         counts: Counter[str] = Counter()
         for words in _words(pieces):
             counts.update(words)
-        return cls([UNK, *_ranked(counts.items(), max_vocab, min_freq)])
+        vocab = [UNK, *_ranked(counts.items(), max_vocab, min_freq)]
+        kept = set(vocab)
+        dropped = [(len(word), count) for word, count in counts.items() if word not in kept]
+        replaced = sum(count for _, count in dropped)
+        unk_chars = sum(length * count for length, count in dropped) / replaced if replaced else 1.0
+        return cls(vocab, unk_chars=unk_chars)
 
     def split(self, text: str) -> list[str]:
         return _WORD.findall(text)

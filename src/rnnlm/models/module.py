@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
+from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import ConfigError
 from rnnlm.evaluation import score_totals
 from rnnlm.models.rnn import RNNLM
@@ -27,7 +28,9 @@ class LanguageModel(pl.LightningModule):
     """Next-token prediction with an :class:`RNNLM`.
 
     Logged per split: ``loss`` (mean nats per token over all tokens), ``ppl`` (exp of that
-    mean), ``bpc`` (bits per token) and ``acc`` (top-1 next-token accuracy), plus
+    mean), ``bpt`` (bits per token), ``bpc`` (bits per character: the same bits over the
+    characters the tokens stand for, so char, subword and word models compare on one
+    scale; equal to ``bpt`` for characters) and ``acc`` (top-1 next-token accuracy), plus
     ``val/loss_best``. The tokenizer state and architecture are saved as plain
     hyper-parameters, so a checkpoint alone is enough to sample.
     """
@@ -62,9 +65,11 @@ class LanguageModel(pl.LightningModule):
         # Not a registered submodule: the compiled wrapper shares ``net``'s parameters and
         # must not add a second copy of its keys to the state dict.
         object.__setattr__(self, "step_model", torch.compile(self.net) if compile else self.net)
-        self.metrics = torch.nn.ModuleDict(
-            {f"{split}_{name}": MeanMetric() for split in ("val", "test") for name in ("loss", "acc", "loss_stateful")}
-        )
+        self.metrics = torch.nn.ModuleDict({f"{split}_{name}": MeanMetric() for split in ("val", "test")
+                                            for name in ("loss", "acc", "chars", "loss_stateful", "chars_stateful")})
+        # Characters each id stands for (bits per character); from the tokenizer, not saved.
+        lengths = Tokenizer.from_dict(tokenizer).char_lengths()
+        self.register_buffer("char_lengths", torch.tensor(lengths, dtype=torch.float32), persistent=False)
         self.flops_per_batch = 0.0  # for Lightning's ThroughputMonitor; set each step
         self._flops_per_token = self.net.flops_per_token()
         self.carry_state = False  # set at fit start when the data comes in lanes
@@ -97,12 +102,13 @@ class LanguageModel(pl.LightningModule):
             correct = (flat_logits.argmax(-1) == targets.reshape(-1)).float().mean()
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=targets.numel())
         self.metrics[f"{split}_acc"].update(correct, weight=targets.numel())
+        self.metrics[f"{split}_chars"].update(self.char_lengths[targets].mean(), weight=targets.numel())
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/bpc", loss.detach() / LN2, on_step=True, on_epoch=False)
+        self.log("train/bpt", loss.detach() / LN2, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -112,12 +118,11 @@ class LanguageModel(pl.LightningModule):
         self._step(batch, "test")
 
     def _log_split(self, split: str) -> float:
-        """Log loss/ppl/bpc/acc of a whole epoch; metrics are reduced across ranks."""
-        loss = self.metrics[f"{split}_loss"].compute()
-        acc = self.metrics[f"{split}_acc"].compute()
-        self.metrics[f"{split}_loss"].reset()
-        self.metrics[f"{split}_acc"].reset()
-        values = {"loss": loss, "ppl": torch.exp(loss), "bpc": loss / LN2, "acc": acc}
+        """Log loss/ppl/bpt/bpc/acc of a whole epoch; metrics are reduced across ranks."""
+        loss, acc, chars_per_token = (self.metrics[f"{split}_{name}"].compute() for name in ("loss", "acc", "chars"))
+        for name in ("loss", "acc", "chars"):
+            self.metrics[f"{split}_{name}"].reset()
+        values = {"loss": loss, "ppl": torch.exp(loss), "bpt": loss / LN2, "bpc": loss / LN2 / chars_per_token, "acc": acc}
         for name, value in values.items():
             self.log(f"{split}/{name}", value, prog_bar=name in ("loss", "bpc"), sync_dist=True)
         return float(loss)
@@ -138,13 +143,16 @@ class LanguageModel(pl.LightningModule):
         tokens = datamodule.tokens[split]
         part = tokens.tensor_split(self.trainer.world_size)[self.trainer.global_rank]
         lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
-        nll_sum, _, count = score_totals(self.net, part, lanes, chunk=256)
-        metric = self.metrics[f"{split}_loss_stateful"]
-        metric.update(torch.tensor(nll_sum / count), weight=count)
-        loss = metric.compute()
-        metric.reset()
+        nll_sum, _, count, chars = score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths)
+        loss_metric, chars_metric = self.metrics[f"{split}_loss_stateful"], self.metrics[f"{split}_chars_stateful"]
+        loss_metric.update(torch.tensor(nll_sum / count), weight=count)
+        chars_metric.update(torch.tensor(chars / count), weight=count)
+        loss, chars_per_token = loss_metric.compute(), chars_metric.compute()
+        loss_metric.reset()
+        chars_metric.reset()
         self.log(f"{split}/loss_stateful", loss, sync_dist=True)
-        self.log(f"{split}/bpc_stateful", loss / LN2, sync_dist=True)
+        self.log(f"{split}/bpt_stateful", loss / LN2, sync_dist=True)
+        self.log(f"{split}/bpc_stateful", loss / LN2 / chars_per_token, sync_dist=True)
 
     # The stateful pass runs at epoch start, after every callback's: a weight-averaging
     # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.calibration's
