@@ -110,8 +110,8 @@ def test_undecodable_bytes_strict_and_replace(tmp_path):
 
 
 def test_bad_settings_are_config_errors(corpus_file):
-    with pytest.raises(ConfigError, match="data.tokenizer='bpe'"):
-        CorpusDataModule(path=str(corpus_file), tokenizer="bpe")
+    with pytest.raises(ConfigError, match="data.tokenizer='sentencepiece'"):
+        CorpusDataModule(path=str(corpus_file), tokenizer="sentencepiece")
     with pytest.raises(ConfigError, match="data.seq_len=0"):
         CorpusDataModule(path=str(corpus_file), seq_len=0)
     with pytest.raises(ConfigError, match="data.splits"):

@@ -45,7 +45,7 @@ def settings(path: Path, tokenizer: str = "char", train_fraction: float = 0.9, *
     return CorpusSettings(str(path), tokenizer=tokenizer, train_fraction=train_fraction, **values)
 
 
-@pytest.mark.parametrize("tokenizer", ["char", "word"])
+@pytest.mark.parametrize("tokenizer", ["char", "word", "bpe"])
 def test_prepared_tokens_equal_the_in_memory_encoding(corpus_dir, tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(corpus_module, "READ_BYTES", 7)  # pieces that cut words and UTF-8 sequences
     text, _ = read_corpus(corpus_dir)

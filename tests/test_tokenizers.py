@@ -44,3 +44,40 @@ def test_ids_use_the_smallest_integer_type():
     assert CharTokenizer.fit("abc").encode("abc").dtype == np.uint8
     assert smallest_int_dtype(256) == np.uint8 and smallest_int_dtype(257) == np.int16
     assert smallest_int_dtype(40_000) == np.int32
+
+
+@pytest.mark.parametrize("name", TEXTS)
+def test_bpe_encodes_any_text_exactly_with_no_unk(name):
+    from rnnlm.data.tokenizers import BPETokenizer
+
+    tok = BPETokenizer.fit(TEXTS["ascii"] * 20, 300)
+    assert len(tok) == 300 and tok.vocab[0] == UNK
+    text = TEXTS[name]
+    ids = tok.encode(text)  # Chinese and emoji were never seen: they are bytes
+    assert tok.decode(ids) == text and 0 not in ids.tolist() and tok.unknown(text) == []
+    assert tok.char_lengths()[ids].sum() == len(text)  # bits per character divide by this
+    step = tok.streamer()  # one token at a time, a character split across tokens held back
+    assert "".join(step(int(i)) for i in ids) == text
+    assert len(tok.encode("Before we proceed")) < len("Before we proceed") / 2  # merges learned
+
+
+def test_bpe_state_is_plain_data_and_streamed_encoding_equals_whole(monkeypatch, tmp_path):
+    import random
+
+    import torch
+
+    from rnnlm.data import tokenizers
+    from rnnlm.data.tokenizers import BPETokenizer
+
+    text = "".join(TEXTS.values()) * 30
+    tok = BPETokenizer.fit(text, 400)
+    torch.save({"tokenizer": tok.to_dict()}, tmp_path / "t.pt")
+    again = Tokenizer.from_dict(torch.load(tmp_path / "t.pt", weights_only=True)["tokenizer"])
+    assert np.array_equal(again.encode(text), tok.encode(text))
+    monkeypatch.setattr(tokenizers, "_BPE_CHUNK", 50)  # many chunks, cut only where it is safe
+    monkeypatch.setattr(tokenizers, "_BPE_BATCH", 3)
+    rng = random.Random(0)
+    cuts = sorted(rng.sample(range(len(text)), 80))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    whole = np.asarray(tok._hf.encode(text).ids)
+    assert np.array_equal(np.concatenate(list(tok.encode_stream(pieces))), whole)

@@ -295,3 +295,33 @@ def test_a_word_model_reports_bits_per_character_of_the_text_it_scores(tmp_path,
     assert metrics["val/bpc_stateful"] == pytest.approx(nll_sum / chars / math.log(2), rel=1e-4)
     assert 1.5 < metrics["val/bpt"] / metrics["val/bpc"] < 6  # words of a few characters (spaces are tokens)
     assert metrics["val/bpt"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-5)
+
+
+def test_a_bpe_model_trains_checkpoints_as_plain_data_and_samples_any_text(tmp_path, corpus_file):
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=bpe", "data.vocab_size=300",
+                         "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
+    dm = objects["datamodule"]
+    assert dm.vocab_size == 300 and dm.stats["val_unk"] == 0 and int((dm.tokens["train"] == 0).sum()) == 0
+    assert metrics["val/bpt"] / metrics["val/bpc"] > 1.2  # a token stands for more than one character
+    ckpt = torch.load(objects["last_ckpt"], weights_only=True, map_location="cpu")
+    assert ckpt["hyper_parameters"]["tokenizer"]["kind"] == "bpe"
+    loaded = load_model(objects["last_ckpt"], "cpu")
+    from rnnlm.generation import DecodeSettings, generate
+    from rnnlm.generation.prompt import encode_prompt
+
+    ids = encode_prompt(loaded.tokenizer, "ROMEO: 你好")  # never seen: bytes, no <unk>
+    assert loaded.tokenizer.decode(ids) == "ROMEO: 你好"
+    out = generate(loaded.net, ids, 20, 2, DecodeSettings(temperature=0.8), seed=0)
+    assert all(len(t) == 20 for t in out.tokens) and isinstance(loaded.tokenizer.decode(out.tokens[0]), str)
+
+
+def test_vocabulary_settings_are_refused_for_the_wrong_tokenizer():
+    from rnnlm.data import CorpusDataModule
+
+    with pytest.raises(ConfigError, match="data.max_vocab=500 does not apply to data.tokenizer=bpe; .* data.vocab_size=500"):
+        CorpusDataModule(tokenizer="bpe", max_vocab=500)
+    with pytest.raises(ConfigError, match="data.vocab_size=500 is the size data.tokenizer=bpe learns; .*data.max_vocab=500"):
+        CorpusDataModule(tokenizer="word", vocab_size=500)
+    with pytest.raises(ConfigError, match="data.vocab_size=100; .* >= 257"):
+        CorpusDataModule(tokenizer="bpe", vocab_size=100)

@@ -102,6 +102,7 @@ TRAIN_OPTIONS: dict[str, Number] = {
     "seed": SEED,
     "data.seed": SEED,
     "data.max_vocab": Number(integer=True, low=2, nullable=True),  # <unk> and at least one real token
+    "data.vocab_size": Number(integer=True, low=257, nullable=True),  # BPE: <unk> and the 256 bytes
     "data.min_freq": COUNT,
     "data.seq_len": COUNT,
     "data.stride": OPTIONAL_COUNT,

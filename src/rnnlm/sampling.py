@@ -90,7 +90,6 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
         raise ConfigError(f"keep_tokens={keep!r}; it must be an integer >= 1 (tokens per sample kept in memory) or null")
     n = cfg.num_samples
     echo = bool(cfg.get("stream", True)) and n == 1 and not beam
-    vocab = tokenizer.vocab
 
     start = time.perf_counter()
     with ExitStack() as stack:
@@ -102,16 +101,19 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
             for f in files:
                 f.write(prompt)
 
+        texts = [tokenizer.streamer() for _ in range(n)]  # per stream: BPE bytes may end mid-character
+
         def on_step(tokens: torch.Tensor, active: torch.Tensor) -> None:
             for i, (token, alive) in enumerate(zip(tokens.tolist(), active.tolist())):
                 if alive:
+                    piece = texts[i](token)
                     try:
-                        files[i].write(vocab[token])
+                        files[i].write(piece)
                     except OSError as err:
                         raise disk_error(paths[i], err, f"what was written is in {paths[i].name}.partial") from None
-            if echo and bool(active[0]):
-                sys.stdout.write(vocab[int(tokens[0])])
-                sys.stdout.flush()
+                    if echo and i == 0:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
 
         if echo:
             sys.stdout.write(prompt)

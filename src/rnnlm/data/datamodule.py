@@ -152,10 +152,20 @@ class CorpusDataModule(pl.LightningDataModule):
         order: str = "shuffle",
         calibration: float = 0.0,
         cache_dir: str | None = None,
+        vocab_size: int | None = None,
     ):
         super().__init__()
         if tokenizer not in TOKENIZERS:
             raise ConfigError(f"data.tokenizer={tokenizer!r}; use one of {sorted(TOKENIZERS)}")
+        if tokenizer == "bpe" and max_vocab is not None:
+            raise ConfigError(f"data.max_vocab={max_vocab} does not apply to data.tokenizer=bpe; "
+                              f"set the size it learns with data.vocab_size={max_vocab}")
+        if tokenizer != "bpe" and vocab_size is not None:
+            raise ConfigError(f"data.vocab_size={vocab_size} is the size data.tokenizer=bpe learns; "
+                              f"to cap a {tokenizer} vocabulary use data.max_vocab={vocab_size}")
+        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257):
+            raise ConfigError(f"data.vocab_size={vocab_size!r}; a byte-level BPE vocabulary holds <unk> and the 256 "
+                              "bytes, so give an integer >= 257 (e.g. 1024)")
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("stride", stride)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"data.{name}={value!r}; it must be a positive integer")
@@ -182,7 +192,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self._prepared: PreparedCorpus | None = None  # what prepare_data() found or made, for setup()
         self.path, self.glob, self.separator = path, glob, separator
         self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
-        self.max_vocab, self.min_freq = max_vocab, min_freq
+        self.max_vocab, self.min_freq, self.vocab_size_to_learn = max_vocab, min_freq, vocab_size
         self.seq_len, self.stride = seq_len, stride or seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.splits, self.num_workers, self.seed, self.order = tuple(splits), num_workers, seed, order
@@ -200,7 +210,7 @@ class CorpusDataModule(pl.LightningDataModule):
     @property
     def settings(self) -> CorpusSettings:
         return CorpusSettings(self.path, self.glob, self.separator, self.encoding_errors, self.tokenizer_kind,
-                              self.max_vocab, self.min_freq, float(self.splits[0]))
+                              self.max_vocab, self.min_freq, float(self.splits[0]), self.vocab_size_to_learn)
 
     def prepare_data(self) -> None:
         """Encode the corpus into the cache, once (Lightning runs this on one process per node)."""

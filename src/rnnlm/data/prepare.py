@@ -72,6 +72,7 @@ class CorpusSettings:
     max_vocab: int | None
     min_freq: int
     train_fraction: float
+    vocab_size: int | None = None  # the BPE vocabulary to learn (tokenizer=bpe)
 
 
 @dataclass
@@ -209,8 +210,9 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     fitting = StreamFacts()
     train_text = take_chars(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting),
                             int(total_chars * settings.train_fraction))
+    size = settings.vocab_size if settings.tokenizer == "bpe" else settings.max_vocab
     tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "1/2 vocabulary", fitting, train_text),
-                                                          settings.max_vocab, settings.min_freq)
+                                                          size, settings.min_freq)
     tokenizer.start = settings.separator
     if not fitting.nonblank and not _any_text(sources, settings):
         raise empty_corpus(settings.path)

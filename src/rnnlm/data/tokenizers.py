@@ -1,4 +1,4 @@
-"""Character and word tokenizers whose whole state is a list of strings.
+"""Character, word and byte-level BPE tokenizers whose whole state is plain data.
 
 Both reserve id 0 for ``<unk>``: a character (or word) unseen in the training split maps
 to it. ``to_dict()`` gives plain data that a checkpoint stores and ``from_dict`` rebuilds.
@@ -6,9 +6,10 @@ to it. ``to_dict()`` gives plain data that a checkpoint stores and ``from_dict``
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,10 @@ class Tokenizer:
         vocab = self.vocab
         return "".join(vocab[int(i)] for i in ids)
 
+    def streamer(self) -> Callable[[int], str]:
+        """``text(id)`` for ids produced one at a time, in order (sampling's streamed output)."""
+        return self.vocab.__getitem__
+
     def unknown(self, text: str) -> list[str]:
         """The distinct pieces of ``text`` that the vocabulary lacks, in order of appearance."""
         return list(dict.fromkeys(p for p in self.split(text) if p not in self.index))
@@ -98,6 +103,8 @@ class Tokenizer:
     @staticmethod
     def from_dict(state: dict[str, Any]) -> Tokenizer:
         kinds = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer)}
+        if state.get("kind") == BPETokenizer.kind:
+            return BPETokenizer(state["model_json"], state.get("start", "\n\n"))
         if state.get("kind") not in kinds:
             raise ValueError(f"unknown tokenizer kind {state.get('kind')!r}")
         # Checkpoints written before unk_chars existed: one character per <unk>.
@@ -177,7 +184,123 @@ def _words(pieces: Iterable[str]) -> Iterator[list[str]]:
         yield [carry]
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer}
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from the ``tokenizers`` library (GPT-2's pre-tokenization): any text
+    encodes with no ``<unk>`` and decodes exactly. Id 0 is a ``<unk>`` that never occurs (the
+    other tokenizers' convention); ids 1-256 are the bytes, the rest learned merges. The whole
+    state is the library's JSON string, plain data in a checkpoint."""
+
+    kind = "bpe"
+    DEFAULT_SIZE = 1024
+
+    def __init__(self, model_json: str, start: str = "\n\n"):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.model_json = model_json
+        self._hf = HFTokenizer.from_str(model_json)
+        byte_of = {char: byte for byte, char in enumerate(_byte_level_chars())}
+        size = self._hf.get_vocab_size()
+        self.token_bytes = [bytes(byte_of[c] for c in (self._hf.id_to_token(i) or "")) if i else b"" for i in range(size)]
+        super().__init__([UNK, *(t.decode("utf-8", "replace") for t in self.token_bytes[1:])], start)
+
+    @classmethod
+    def fit_stream(cls, pieces: Iterable[str], max_vocab: int | None = None, min_freq: int = 1) -> BPETokenizer:
+        """Learn ``max_vocab`` tokens (``DEFAULT_SIZE`` when ``None``; at least the 257 of
+        ``<unk>`` and the bytes) from the text, streamed to the library's trainer."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        size = max_vocab or cls.DEFAULT_SIZE
+        if size < 257:
+            raise ValueError(f"a byte-level BPE vocabulary holds <unk> and the 256 bytes; {size} is too small")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=max(min_freq, 1), special_tokens=[UNK],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        hf.train_from_iterator(_pretoken_chunks(pieces), trainer=trainer)
+        return cls(hf.to_str())
+
+    def split(self, text: str) -> list[str]:
+        return [self.vocab[i] for i in self.encode(text)]
+
+    def unknown(self, text: str) -> list[str]:
+        return []  # every byte is in the vocabulary
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self.token_bytes[int(i)] for i in ids).decode("utf-8", "replace")
+
+    def streamer(self) -> Callable[[int], str]:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span tokens
+        return lambda token: decoder.decode(self.token_bytes[token])
+
+    def char_lengths(self) -> np.ndarray:
+        """A token's characters are its bytes that start one (not UTF-8 continuation bytes):
+        summed over a text's tokens, exactly its characters."""
+        lengths = np.array([sum((b & 0xC0) != 0x80 for b in t) for t in self.token_bytes], dtype=np.float64)
+        lengths[0] = 1.0
+        return lengths
+
+    def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
+        """Encoded a chunk at a time (see :func:`_pretoken_chunks`): the ids equal those of
+        the whole text at once."""
+        group: list[str] = []
+        for chunk in _pretoken_chunks(pieces):
+            group.append(chunk)
+            if len(group) == _BPE_BATCH:
+                yield from self._encoded(group)
+                group = []
+        yield from self._encoded(group)
+
+    def _encoded(self, chunks: list[str]) -> Iterator[np.ndarray]:
+        """The library encodes a batch on all cores."""
+        for encoding in self._hf.encode_batch(chunks) if chunks else ():
+            yield np.asarray(encoding.ids, dtype=self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model_json": self.model_json, "start": self.start}
+
+
+_BPE_CHUNK = 1 << 20  # characters encoded at a time
+_BPE_BATCH = 8  # chunks handed to the library at once (it encodes them in parallel)
+_BPE_MAX_CHUNK = 1 << 24  # a text with no safe cut is cut here anyway (a newline-free corpus)
+_SAFE_CUT = re.compile(r"\S\n(?=\S)")
+
+
+def _pretoken_chunks(pieces: Iterable[str]) -> Iterator[str]:
+    """``"".join(pieces)`` in chunks of at least ``_BPE_CHUNK`` characters, each cut just after
+    the first newline past that with text on both sides: GPT-2's pre-tokenizer never joins
+    across one, so each chunk pre-tokenizes as it would within the whole text (a text with no
+    such newline is cut at ``_BPE_MAX_CHUNK``)."""
+    buffer, start = "", 0
+    for piece in pieces:
+        buffer = buffer[start:] + piece
+        start = 0
+        while len(buffer) - start > _BPE_CHUNK:
+            match = _SAFE_CUT.search(buffer, start + _BPE_CHUNK - 2)
+            if match is None and len(buffer) - start < _BPE_MAX_CHUNK:
+                break
+            cut = match.end() if match else start + _BPE_MAX_CHUNK
+            yield buffer[start:cut]
+            start = cut
+    if len(buffer) > start:
+        yield buffer[start:]
+
+
+def _byte_level_chars() -> list[str]:
+    """The printable stand-in for each byte 0-255 that byte-level BPE writes (GPT-2's table)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in keep:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer, "bpe": BPETokenizer}
 
 
 def _code_points(text: str) -> np.ndarray:
