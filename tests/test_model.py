@@ -132,7 +132,8 @@ def test_network_settings_are_declared_once_in_rnnlm():
     from tests.conftest import CONF_DIR
 
     declared = set(inspect.signature(RNNLM).parameters) - {"vocab_size"}
-    model = LanguageModel(vocab_size=20, tokenizer={}, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+    tokenizer = {"kind": "char", "vocab": ["<unk>", *"abcdefghijklmnopqrs"]}
+    model = LanguageModel(vocab_size=20, tokenizer=tokenizer, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
                           hidden_size=12, num_layers=1, input_dropout=0.25)
     assert declared <= set(model.hparams)
     assert model.hparams["input_dropout"] == 0.25 and model.net.input_dropout.p == 0.25
