@@ -156,13 +156,13 @@ def test_bad_decode_settings(settings, match):
         settings.validate(13)
 
 
-def test_prompt_with_unknown_characters():
+def test_prompt_with_unknown_characters(caplog):
     tok = CharTokenizer.fit("hello world\n")
     with pytest.raises(ConfigError, match=r"2 char\(s\) not in the checkpoint's vocabulary: 'X', '🎭'; .*unknown=replace"):
-        encode_prompt(tok, "hello X🎭")
-    with pytest.warns(UserWarning, match="mapped to <unk>"):
-        ids = encode_prompt(tok, "hello X", unknown="replace")
-    assert ids[-1] == 0
+        encode_prompt(tok, "hello X🎭", unknown="error")
+    with caplog.at_level("WARNING"):
+        ids = encode_prompt(tok, "hello X")  # the default: <unk>, and a warning naming what
+    assert ids[-1] == 0 and "1 char(s) not in the checkpoint's vocabulary: 'X'; mapped to <unk>" in caplog.text
     assert encode_prompt(tok, "") == tok.encode("\n\n").tolist()
 
 

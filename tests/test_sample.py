@@ -82,7 +82,7 @@ def test_length_zero_and_bounded_memory(tmp_path, trained):
         (["top_k=0"], ConfigError, r"top_k=0"),
         (["strategy=beam", "beam_width=0"], ConfigError, "beam_width=0"),
         (["length=-5"], ConfigError, "length=-5"),
-        (["prompt='ROMEO 🎭'"], ConfigError, r"not in the checkpoint's vocabulary: '🎭'"),
+        (["prompt='ROMEO 🎭'", "unknown=error"], ConfigError, r"not in the checkpoint's vocabulary: '🎭'"),
         (["mode=score"], ConfigError, "mode=score needs the text"),
         (["keep_tokens=0"], ConfigError, r"keep_tokens=0 is not allowed: it must be an integer >= 1"),
         (["stop='🎭'"], ConfigError, r"stop='🎭' has 1 char\(s\) not in the checkpoint's vocabulary"),

@@ -32,12 +32,52 @@ def test_char_unseen_maps_to_unk_and_state_round_trips():
 def test_word_pieces_and_vocab_limits():
     text = "the cat, the dog.\n\nthe end"
     tok = WordTokenizer.fit(text)
-    assert tok.split("the cat,  x") == ["the", " ", "cat", ",", "  ", "x"]
+    # A word takes the one space before it; other whitespace stays apart, minus the space it lends.
+    assert tok.split("the cat,  x\n\n  y") == ["the", " cat", ",", " ", " x", "\n\n ", " y"]
     capped = WordTokenizer.fit(text, max_vocab=3)
-    assert len(capped) == 3 and capped.vocab[0] == UNK and capped.vocab[1] == " "
+    assert capped.vocab == [UNK, "\n", "the"]
     assert 0 in capped.encode(text).tolist()
-    frequent = WordTokenizer.fit(text, min_freq=3)
-    assert set(frequent.vocab) == {UNK, " ", "the"}
+    frequent = WordTokenizer.fit(text, min_freq=2)
+    assert set(frequent.vocab) == {UNK, "\n", "the"}
+
+
+def test_word_tokens_keep_their_spaces_and_the_default_vocabulary_is_capped():
+    text = "To be, or not to be: that is the question.\n" * 3
+    tok = WordTokenizer.fit(text)
+    assert tok.decode(tok.encode(text)) == text and " question" in tok.vocab
+    assert len(tok.encode(text)) == 3 * 14  # 10 words, 3 marks, a newline: half the old 27 per line
+    from rnnlm.data import tokenizers
+
+    many = " ".join(f"w{i}" for i in range(tokenizers.DEFAULT_MAX_VOCAB + 50))
+    assert len(WordTokenizer.fit(many)) == tokenizers.DEFAULT_MAX_VOCAB
+    assert len(WordTokenizer.fit(many, max_vocab=10**6)) == tokenizers.DEFAULT_MAX_VOCAB + 51
+
+
+def test_word_state_keeps_its_split_and_old_checkpoints_keep_theirs():
+    tok = WordTokenizer.fit("the cat sat")
+    assert Tokenizer.from_dict(tok.to_dict()).split("a cat") == ["a", " cat"]
+    old_state = {"kind": "word", "vocab": [UNK, " ", "the", "cat"], "start": "\n\n"}  # written before "pattern"
+    old = Tokenizer.from_dict(old_state)
+    assert old.split("the cat") == ["the", " ", "cat"] and old.encode("the cat").tolist() == [2, 1, 3]
+
+
+def test_word_encoding_in_chunks_equals_the_whole_text(monkeypatch):
+    import random
+
+    from rnnlm.data import tokenizers
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", "z9", " ", " ", "  ", "\n", "\n\n", "\t", ",", "—", "é", "🎭", "你"]
+    text = "".join(rng.choice(alphabet) for _ in range(3000))
+    tok = WordTokenizer.fit(text)
+    whole = tok.encode(text)
+    assert tok.decode(whole) == text
+    for chunk in (1, 2, 3, 7, 64):
+        monkeypatch.setattr(tokenizers, "_WORD_CHUNK", chunk)
+        cuts = sorted(rng.sample(range(len(text)), 40))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+        assert np.array_equal(np.concatenate(list(tok.encode_stream(pieces))), whole), chunk
+        assert WordTokenizer.fit_stream(pieces).vocab == tok.vocab
 
 
 def test_ids_use_the_smallest_integer_type():

@@ -58,7 +58,7 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     text = read_text_option(cfg, "text", "text_file")
     if not text:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
-    check_known(loaded.tokenizer, text, "the text to score", cfg.get("unknown", "error"))
+    check_known(loaded.tokenizer, text, "the text to score", cfg.get("unknown", "replace"))
     ids = torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
     lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
     return score_ids(loaded.net, ids, char_lengths=lengths)
@@ -81,9 +81,9 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
     if beam and length > MAX_BEAM_LENGTH:
         raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
     prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
-    ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "error"))
+    ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace"))
     if cfg.get("stop"):
-        check_known(tokenizer, cfg.stop, f"stop={cfg.stop!r}")  # an unknown piece could never match
+        check_known(tokenizer, cfg.stop, f"stop={cfg.stop!r}", "error")  # an unknown piece could never match
     stop = [int(i) for i in tokenizer.encode(cfg.stop)] if cfg.get("stop") else []
     keep = cfg.get("keep_tokens")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
-def check_known(tokenizer: Tokenizer, text: str, what: str = "the prompt", unknown: str = "error") -> None:
-    """Raise a :class:`ConfigError` listing the pieces of ``text`` the vocabulary lacks, or
-    with ``unknown="replace"`` warn that they become ``<unk>``."""
+
+def check_known(tokenizer: Tokenizer, text: str, what: str = "the prompt", unknown: str = "replace") -> None:
+    """Warn, naming them, that the pieces of ``text`` the vocabulary lacks become ``<unk>``,
+    or with ``unknown="error"`` raise a :class:`ConfigError` that lists them."""
     if unknown not in ("error", "replace"):
         raise ConfigError(f"unknown={unknown!r}; use 'error' or 'replace'")
     missing = tokenizer.unknown(text)
@@ -20,10 +22,10 @@ def check_known(tokenizer: Tokenizer, text: str, what: str = "the prompt", unkno
     message = f"{what} has {len(missing)} {tokenizer.kind}(s) not in the checkpoint's vocabulary: {shown}"
     if unknown == "error":
         raise ConfigError(f"{message}; remove them or pass unknown=replace to map them to <unk>")
-    warnings.warn(f"{message}; mapped to <unk>", stacklevel=3)
+    log.warning("%s; mapped to <unk> (unknown=error refuses them)", message)
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "error") -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "replace") -> list[int]:
     """Ids of ``prompt`` (see :func:`check_known`); an empty prompt starts from the
     document separator."""
     if not prompt:
