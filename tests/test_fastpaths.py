@@ -112,3 +112,22 @@ def test_decoding_step_matches_the_module(cell, embedding_dim, hidden_size, oned
                 torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)
         for mine, theirs in zip(state if isinstance(state, tuple) else [state], reference if isinstance(reference, tuple) else [reference]):
             torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "addmm"])
+def test_decoding_step_with_an_adaptive_softmax_matches_the_module(onednn):
+    torch.manual_seed(6)
+    net = RNNLM(300, "lstm", hidden_size=24, num_layers=2, embedding_dim=8, output="adaptive",
+                adaptive_cutoffs=[20, 100]).eval()
+    net.logit_scale.fill_(0.9)
+    assert FastStep.supports(net)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        step = FastStep(net, batch_hint=3)
+    seq = torch.randint(0, 300, (3, 8))
+    with torch.no_grad(), fastpaths.torch_nn_only():
+        full, state = net(seq[:, :4])
+        full, _ = net(seq)
+    with torch.no_grad():
+        for t in range(4, 7):
+            logits, state = step(seq[:, t], state)
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)

@@ -10,7 +10,6 @@ from rnnlm import runtime
 from rnnlm.checkpoint import load_model
 from rnnlm.errors import ConfigError
 from rnnlm.evaluation import score_totals
-from rnnlm.models import LanguageModel
 from rnnlm.train import resolve_precision, train
 from tests.conftest import CONF_DIR, TINY, compose_train
 from tests.processes import run_script as run_cli
@@ -217,16 +216,17 @@ def test_calibration_fits_the_logit_scale_the_checkpoint_keeps(tmp_path, corpus_
 def test_lanes_training_carries_the_state(tmp_path, corpus_file, monkeypatch, order):
     """With lanes each training batch starts from the state the previous one ended in;
     shuffled windows always start from zero."""
+    from rnnlm.models import RNNLM
+
     calls = []
-    forward = LanguageModel.forward
+    loss = RNNLM.loss  # training's forward pass
 
-    def recording(self, tokens, state=None):
-        logits, new_state = forward(self, tokens, state)
-        if self.training:
-            calls.append((state, new_state))
-        return logits, new_state
+    def recording(self, tokens, targets, state=None):
+        value, new_state = loss(self, tokens, targets, state)
+        calls.append((state, new_state))
+        return value, new_state
 
-    monkeypatch.setattr(LanguageModel, "forward", recording)
+    monkeypatch.setattr(RNNLM, "loss", recording)
     cfg = compose_train([*TINY, f"data.path={corpus_file}", f"data.order={order}", "test=false", "trainer.max_steps=8",
                          "trainer.val_check_interval=8", "callbacks.sample_text=null"], tmp_path)
     train(cfg)
@@ -325,3 +325,43 @@ def test_vocabulary_settings_are_refused_for_the_wrong_tokenizer():
         CorpusDataModule(tokenizer="word", vocab_size=500)
     with pytest.raises(ConfigError, match="data.vocab_size=100; .* >= 257"):
         CorpusDataModule(tokenizer="bpe", vocab_size=100)
+
+
+def test_an_adaptive_word_model_trains_calibrates_scores_and_decodes_every_way(tmp_path, corpus_file, caplog):
+    """output=adaptive: training's loss, val/stateful scoring, calibration, the checkpoint
+    (loaded weights_only), sampling, beam search and score mode."""
+    from rnnlm.generation import DecodeSettings, generate
+    from rnnlm.sampling import sample
+    from tests.test_sample import sample_cfg
+
+    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=400",
+                         "model.output=adaptive", "data.calibration=0.05", "trainer.max_steps=12", "test=false",
+                         "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
+    model, dm = objects["model"], objects["datamodule"]
+    assert model.net.adaptive is not None and model.net.decoder is None
+    cutoffs = model.hparams.adaptive_cutoffs
+    assert cutoffs == model.net.adaptive.cutoffs[:-1] and 0 < cutoffs[0] < 400  # chosen from the train split's counts
+    assert math.isfinite(metrics["val/bpc"]) and math.isfinite(metrics["val/bpc_stateful"])
+    assert metrics["calibration/logit_scale"] != 1.0  # fitted on the adaptive log-probabilities
+    ckpt = torch.load(objects["last_ckpt"], weights_only=True, map_location="cpu")
+    assert ckpt["hyper_parameters"]["output"] == "adaptive" and ckpt["hyper_parameters"]["adaptive_cutoffs"] == cutoffs
+    loaded = load_model(objects["last_ckpt"], "cpu")
+    tokens = dm.tokens["val"]
+    lanes = min(cfg.model.stateful_eval_lanes, (len(tokens) - 1) // 2)
+    nll_sum, _, count, _ = score_totals(loaded.net, tokens, lanes, chunk=256)
+    assert metrics["val/loss_stateful"] == pytest.approx(nll_sum / count, rel=1e-4)  # the checkpoint scores as trained
+    ids = torch.from_numpy(loaded.tokenizer.encode(" the").astype("int64")).tolist()
+    for settings in (DecodeSettings("greedy"), DecodeSettings(temperature=0.8, top_k=20), DecodeSettings(top_p=0.9),
+                     DecodeSettings("beam", beam_width=3)):
+        out = generate(loaded.net, ids, 8, 1, settings, seed=0)
+        assert len(out.tokens[0]) == 8 and all(0 <= t < 400 for t in out.tokens[0]), settings
+    with caplog.at_level("WARNING"):  # a word the vocabulary lacks: <unk>, and a warning naming it
+        _, result = sample(sample_cfg(tmp_path / "s", f"ckpt={objects['last_ckpt']}", "prompt='ROMEO zyzzyva'",
+                                      "length=6", "stream=false"))
+    assert "' zyzzyva'" in caplog.text and "mapped to <unk>" in caplog.text
+    assert result["record"]["samples"][0]["new_tokens"] == 6
+    (tmp_path / "t.txt").write_text(corpus_file.read_text()[-2000:])
+    scored, _ = sample(sample_cfg(tmp_path / "score", f"ckpt={objects['last_ckpt']}", "mode=score",
+                                  f"text_file={tmp_path / 't.txt'}"))
+    assert math.isfinite(scored["score/bpc"]) and scored["score/bpt"] > scored["score/bpc"]

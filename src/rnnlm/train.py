@@ -97,9 +97,8 @@ def prepare_corpus(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 def build_model(cfg: DictConfig, datamodule: CorpusDataModule) -> LanguageModel:
     # _convert_="all": hyper-parameters become plain dicts/lists, loadable with weights_only=True.
-    return build(
-        cfg.model, "model", vocab_size=datamodule.vocab_size, tokenizer=datamodule.tokenizer.to_dict(), _convert_="all"
-    )
+    return build(cfg.model, "model", vocab_size=datamodule.vocab_size, tokenizer=datamodule.tokenizer.to_dict(),
+                 token_counts=datamodule.token_counts, _convert_="all")
 
 
 def log_run_facts(loggers: list[Logger], cfg: DictConfig, model: LanguageModel, datamodule: CorpusDataModule) -> None:

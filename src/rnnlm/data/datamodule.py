@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]
 SPLITS = ("train", "val", "test")
 CALIBRATION_MIN_TOKENS = 256  # a temperature fitted on fewer is noise
+COUNT_CHUNK = 1 << 24  # tokens counted at a time by token_counts()
 UNKNOWN_WARN_SHARE = 0.001  # warn when more of a val/test split than this is <unk>
 
 
@@ -206,6 +207,16 @@ class CorpusDataModule(pl.LightningDataModule):
     def vocab_size(self) -> int:
         assert self.tokenizer is not None, "call setup() first"
         return len(self.tokenizer)
+
+    def token_counts(self) -> np.ndarray:
+        """How often each id occurs in the train split (int64, one per id), read in chunks so a
+        memory-mapped corpus is never copied whole: an adaptive softmax's clusters follow them."""
+        assert self.tokenizer is not None, "call setup() first"
+        counts = np.zeros(len(self.tokenizer), dtype=np.int64)
+        train = self.tokens["train"].numpy()
+        for start in range(0, len(train), COUNT_CHUNK):
+            counts += np.bincount(train[start : start + COUNT_CHUNK], minlength=len(counts))
+        return counts
 
     @property
     def settings(self) -> CorpusSettings:

@@ -31,6 +31,29 @@ def _ifog(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([i, f, o, g])
 
 
+class PackedAdaptive:
+    """``AdaptiveLogSoftmaxWithLoss.log_prob(x) * scale`` with its matrices packed once: the
+    head's log-probabilities for the shortlist, and each tail cluster's plus the head's
+    log-probability of that cluster."""
+
+    def __init__(self, adaptive: nn.AdaptiveLogSoftmaxWithLoss, scale: torch.Tensor, batch_hint: int):
+        head = adaptive.head
+        self.head = PackedLinear(head.weight, head.bias, batch_hint)
+        self.tails = [(PackedLinear(project.weight, None, batch_hint), PackedLinear(classes.weight, None, batch_hint))
+                      for project, classes in adaptive.tail]
+        self.bounds = [0, *adaptive.cutoffs]  # cutoffs end with the vocabulary size
+        self.shortlist, self.vocab_size, self.scale = adaptive.shortlist_size, adaptive.n_classes, scale.detach()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        head = torch.log_softmax(self.head(x), dim=1)
+        out = x.new_empty(x.size(0), self.vocab_size)
+        out[:, : self.shortlist] = head[:, : self.shortlist]
+        for i, (project, classes) in enumerate(self.tails):
+            cluster = torch.log_softmax(classes(project(x)), dim=1)
+            out[:, self.bounds[i + 1] : self.bounds[i + 2]] = cluster + head[:, self.shortlist + i, None]
+        return out.mul_(self.scale)
+
+
 class FastStep:
     """``step(tokens [B], state) -> (logits [B, V], state)`` for an RNNLM in eval mode.
 
@@ -61,15 +84,20 @@ class FastStep:
                 else:
                     self.deeper.append((PackedLinear(order(torch.cat([w_ih, w_hh], 1)), order(b_ih + b_hh), batch_hint),))
             scale = net.logit_scale
-            self.out = PackedLinear(net.decoder.weight * scale, net.decoder.bias * scale, batch_hint)
+            adaptive = getattr(net, "adaptive", None)
+            if adaptive is not None:
+                self.out = PackedAdaptive(adaptive, scale, batch_hint)
+            else:
+                self.out = PackedLinear(net.decoder.weight * scale, net.decoder.bias * scale, batch_hint)
 
     @staticmethod
     def supports(net: nn.Module) -> bool:
         """An :class:`~rnnlm.models.RNNLM` (its parts, looked up by name: this package sits
         below ``models``) in eval mode whose recurrent module has the plain layout."""
         rnn = getattr(net, "rnn", None)
-        parts = all(hasattr(net, name) for name in ("embedding", "decoder", "logit_scale", "cell", "vocab_size"))
-        return (isinstance(rnn, (nn.LSTM, nn.GRU, nn.RNN)) and parts and not net.training
+        parts = all(hasattr(net, name) for name in ("embedding", "logit_scale", "cell", "vocab_size"))
+        output = getattr(net, "adaptive", None) is not None or isinstance(getattr(net, "decoder", None), nn.Linear)
+        return (isinstance(rnn, (nn.LSTM, nn.GRU, nn.RNN)) and parts and output and not net.training
                 and not rnn.bidirectional and rnn.bias and getattr(rnn, "proj_size", 0) == 0)
 
     def _lstm(self, gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric, MinMetric
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import ConfigError
 from rnnlm.evaluation import score_totals
+from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, resolve_output
 from rnnlm.models.rnn import RNNLM
 
 NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, cell, hidden_size, ...
@@ -43,35 +44,47 @@ class LanguageModel(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
         stateful_eval_lanes: int | None = 64,
+        adaptive_above: int = ADAPTIVE_ABOVE,
+        token_counts: Callable[[], Any] | None = None,
         **network: Any,
     ):
         """``network``: the :class:`RNNLM` arguments besides ``vocab_size`` (``cell``,
         ``hidden_size``, ...), declared and checked there; ``optimizer`` and ``scheduler`` are
-        factories (Hydra's ``_partial_``) that take the parameters and the optimiser."""
+        factories (Hydra's ``_partial_``) that take the parameters and the optimiser.
+
+        ``output="auto"`` becomes ``adaptive`` above ``adaptive_above`` tokens, else
+        ``softmax``; an adaptive softmax without ``adaptive_cutoffs`` takes them from
+        ``token_counts()`` (each id's count in the train split). The checkpoint keeps the
+        resolved output and cutoffs, so loading it needs neither."""
         super().__init__()
         if optimizer is None:
             raise ConfigError("model.optimizer is null; give one, e.g. model.optimizer._target_=torch.optim.AdamW")
         unknown = sorted(set(network) - set(NETWORK_ARGUMENTS))
         if unknown:
             raise ConfigError(f"model.{unknown[0]} is not a setting of the model; it has {', '.join(NETWORK_ARGUMENTS[1:])}, "
-                              "compile, stateful_eval_lanes, optimizer and scheduler")
+                              "compile, stateful_eval_lanes, adaptive_above, optimizer and scheduler")
         network = {**NETWORK_DEFAULTS, **network}  # every setting in the checkpoint, defaults too
+        network["output"] = resolve_output(network["output"], vocab_size, adaptive_above)
+        counts = token_counts() if network["output"] == "adaptive" and token_counts is not None else None
+        if network["output"] == "adaptive" and network["adaptive_cutoffs"] is None:
+            network["adaptive_cutoffs"] = auto_cutoffs(vocab_size, counts)
         # Lightning stores ``network`` flat beside the others: the checkpoint's hyper-parameters
         # are plain data and name each architecture setting as model.<name>.
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "token_counts"])
         self.net = RNNLM(**self.architecture(self.hparams))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # Not a registered submodule: the compiled wrapper shares ``net``'s parameters and
         # must not add a second copy of its keys to the state dict.
         object.__setattr__(self, "step_model", torch.compile(self.net) if compile else self.net)
+        object.__setattr__(self, "train_loss", torch.compile(self.net.loss) if compile else self.net.loss)
         self.metrics = torch.nn.ModuleDict({f"{split}_{name}": MeanMetric() for split in ("val", "test")
                                             for name in ("loss", "acc", "chars", "loss_stateful", "chars_stateful")})
         # Characters each id stands for (bits per character); from the tokenizer, not saved.
         lengths = Tokenizer.from_dict(tokenizer).char_lengths()
         self.register_buffer("char_lengths", torch.tensor(lengths, dtype=torch.float32), persistent=False)
         self.flops_per_batch = 0.0  # for Lightning's ThroughputMonitor; set each step
-        self._flops_per_token = self.net.flops_per_token()
+        self._flops_per_token = self.net.flops_per_token(cluster_shares(network["adaptive_cutoffs"], counts))
         self.carry_state = False  # set at fit start when the data comes in lanes
         self._train_state = None
         self.val_loss_best = MinMetric()
@@ -88,16 +101,15 @@ class LanguageModel(pl.LightningModule):
         inputs, targets = batch
         passes = 3 if split == "train" else 1  # backward ~ twice the forward
         self.flops_per_batch = passes * self._flops_per_token * targets.numel()
-        if split == "train" and self.carry_state:
-            # Truncated BPTT across batches: start where the previous batch of each lane ended.
-            logits, state = self(inputs, self._train_state)
-            self._train_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        else:
-            logits, _ = self(inputs)
+        if split == "train":
+            # Truncated BPTT across batches (lanes): start where each lane's previous batch ended.
+            loss, state = self.train_loss(inputs, targets, self._train_state if self.carry_state else None)
+            if self.carry_state:
+                self._train_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            return loss
+        logits, _ = self(inputs)
         flat_logits = logits.reshape(-1, logits.size(-1))
         loss = F.cross_entropy(flat_logits, targets.reshape(-1))
-        if split == "train":
-            return loss
         with torch.no_grad():
             correct = (flat_logits.argmax(-1) == targets.reshape(-1)).float().mean()
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=targets.numel())

@@ -10,6 +10,7 @@ from torch import nn
 
 from rnnlm import fastpaths
 from rnnlm.errors import ConfigError
+from rnnlm.models.output import auto_cutoffs, check_cutoffs, resolve_output
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -20,17 +21,19 @@ SHAPE_FREE_ARGUMENTS = ("dropout", "input_dropout", "onehot_max_vocab")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: int, embedding_dim: int | None) -> float:
+def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: int, embedding_dim: int | None,
+                    output_macs: float | None = None) -> float:
     """Forward FLOPs per token: 2 x multiply-adds of every matmul (recurrent layers + output).
 
     A layer does ``gates * H * (input + H)`` MACs per token (LSTM: 4 gates, GRU: 3); one-hot
-    input counts as a matmul with ``vocab_size`` inputs. Training is taken as 3 x forward.
+    input counts as a matmul with ``vocab_size`` inputs; the output layer does ``H * vocab``
+    unless ``output_macs`` says otherwise. Training is taken as 3 x forward.
     """
     macs, width = 0, embedding_dim if embedding_dim is not None else vocab_size
     for _ in range(num_layers):
         macs += GATES[cell] * hidden_size * (width + hidden_size)
         width = hidden_size
-    macs += hidden_size * vocab_size
+    macs += hidden_size * vocab_size if output_macs is None else output_macs
     return 2.0 * macs
 
 
@@ -42,7 +45,8 @@ def _positive_int(name: str, value: object) -> int:
 
 class RNNLM(nn.Module):
     """Embedding (or one-hot) -> input dropout -> ``nn.LSTM``/``nn.GRU``/``nn.RNN`` stack ->
-    dropout -> linear.
+    dropout -> linear, or ``nn.AdaptiveLogSoftmaxWithLoss`` (``output="adaptive"``, see
+    :mod:`rnnlm.models.output`; ``adaptive_cutoffs=None`` assumes Zipf frequencies).
 
     ``embedding_dim=None`` feeds one-hot vectors, like the classic lesson; it is refused for
     vocabularies above ``onehot_max_vocab`` because the input matrix grows with the vocab.
@@ -62,6 +66,9 @@ class RNNLM(nn.Module):
         tie_weights: bool = False,
         onehot_max_vocab: int = 1024,
         input_dropout: float = 0.0,
+        output: str = "softmax",
+        adaptive_cutoffs: list[int] | None = None,
+        adaptive_div_value: float = 4.0,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -96,9 +103,22 @@ class RNNLM(nn.Module):
         )
         self.input_dropout = nn.Dropout(input_dropout)
         self.dropout = nn.Dropout(dropout)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
-        if tie_weights:
-            self.decoder.weight = self.embedding.weight
+        self.decoder: nn.Linear | None = None
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        if resolve_output(output, vocab_size) == "adaptive":
+            if tie_weights:
+                raise ConfigError("model.tie_weights=true needs model.output=softmax: an adaptive softmax has no "
+                                  "vocabulary-sized matrix to share")
+            if isinstance(adaptive_div_value, bool) or not isinstance(adaptive_div_value, (int, float)) or not adaptive_div_value >= 1:
+                raise ConfigError(f"model.adaptive_div_value={adaptive_div_value!r}; it must be a number >= 1 (each "
+                                  "tail cluster's projection is this many times narrower than the one before)")
+            cutoffs = check_cutoffs(auto_cutoffs(vocab_size) if adaptive_cutoffs is None else adaptive_cutoffs, vocab_size)
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs,
+                                                          div_value=float(adaptive_div_value), head_bias=True)
+        else:
+            self.decoder = nn.Linear(hidden_size, vocab_size)
+            if tie_weights:
+                self.decoder.weight = self.embedding.weight
         # Multiplies the logits outside training; fitted by rnnlm.calibration, 1 = uncalibrated.
         self.register_buffer("logit_scale", torch.ones(()))
 
@@ -108,20 +128,53 @@ class RNNLM(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
-            return F.one_hot(tokens, self.vocab_size).to(self.decoder.weight.dtype)
+            return F.one_hot(tokens, self.vocab_size).to(self.rnn.weight_ih_l0.dtype)
         return self.embedding(tokens)
 
-    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state."""
+    def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """``tokens`` [batch, time] -> the output layer's input [batch, time, hidden] and the new state."""
         inputs = self.input_dropout(self.embed(tokens))
         outputs, state = fastpaths.recurrent_forward(self.rnn, inputs, state)  # self.rnn, or faster
-        logits = self.decoder(self.dropout(outputs))
+        return self.dropout(outputs), state
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state. An
+        adaptive softmax gives its full log-probabilities: logits whose softmax is the same."""
+        hidden, state = self.features(tokens, state)
+        if self.adaptive is None:
+            logits = self.decoder(hidden)
+        else:
+            logits = self.adaptive.log_prob(hidden.reshape(-1, self.hidden_size)).view(*hidden.shape[:-1], -1)
         return (logits if self.training else logits * self.logit_scale), state
 
-    def flops_per_token(self) -> float:
-        """Forward FLOPs per token (see :func:`flops_per_token`)."""
+    def loss(self, tokens: torch.Tensor, targets: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Mean cross-entropy (nats per token) of ``targets`` and the new state: training's
+        loss. An adaptive softmax computes each token's own cluster only; the logit scale is
+        left out (it is fitted after training, on held-out text)."""
+        hidden, state = self.features(tokens, state)
+        flat_targets = targets.reshape(-1)
+        if self.adaptive is None:
+            return F.cross_entropy(self.decoder(hidden).reshape(-1, self.vocab_size), flat_targets), state
+        return self.adaptive(hidden.reshape(-1, self.hidden_size), flat_targets).loss, state
+
+    def output_macs(self, cluster_shares: list[float] | None = None) -> float:
+        """Multiply-adds of the output layer per token: ``H * vocab`` for a softmax; for an
+        adaptive one the head plus each tail cluster weighted by ``cluster_shares`` (the
+        fraction of tokens in it, as in training; ``None``: every cluster, as in
+        ``forward``)."""
+        if self.adaptive is None:
+            return float(self.hidden_size * self.vocab_size)
+        macs = float(self.adaptive.head.weight.numel())
+        for i, tail in enumerate(self.adaptive.tail):
+            share = 1.0 if cluster_shares is None else cluster_shares[i]
+            macs += share * sum(layer.weight.numel() for layer in tail)
+        return macs
+
+    def flops_per_token(self, cluster_shares: list[float] | None = None) -> float:
+        """Forward FLOPs per token (see :func:`flops_per_token` and :meth:`output_macs`)."""
         embedding_dim = self.embedding.embedding_dim if self.embedding is not None else None
-        return flops_per_token(self.cell, self.vocab_size, self.hidden_size, self.num_layers, embedding_dim)
+        return flops_per_token(self.cell, self.vocab_size, self.hidden_size, self.num_layers, embedding_dim,
+                               self.output_macs(cluster_shares))
 
     def memory_report(self) -> dict[str, int]:
         """Parameter counts worth logging, including the input matrix that grows with vocab."""

@@ -1,0 +1,69 @@
+"""The output layer: a full softmax, or ``torch.nn.AdaptiveLogSoftmaxWithLoss`` for large vocabularies.
+
+An adaptive softmax (Grave et al., 2017) scores the frequent tokens in a head and the rare
+ones in tail clusters with narrower projections; in training a token pays only for the head
+and its own cluster, so most of the output layer's work goes. It needs frequent tokens at
+low ids, which the char and word tokenizers give (their ids rank tokens by count).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rnnlm.errors import ConfigError
+
+OUTPUTS = ("softmax", "adaptive")
+ADAPTIVE_ABOVE = 8192  # output=auto: an adaptive softmax for vocabularies larger than this
+# The head holds the tokens that make up 85% of the training text, the first tail cluster
+# those up to 95%, the second the rest.
+COVERAGE = (0.85, 0.95)
+
+
+def resolve_output(output: str, vocab_size: int, adaptive_above: int = ADAPTIVE_ABOVE) -> str:
+    """``softmax`` or ``adaptive``; ``auto`` picks adaptive above ``adaptive_above`` tokens."""
+    if output == "auto":
+        return "adaptive" if vocab_size > adaptive_above else "softmax"
+    if output not in OUTPUTS:
+        raise ConfigError(f"model.output={output!r}; use one of {['auto', *OUTPUTS]}")
+    return output
+
+
+def auto_cutoffs(vocab_size: int, counts: Sequence[int] | np.ndarray | None = None) -> list[int]:
+    """Cluster boundaries where the tokens, in id order, cover ``COVERAGE`` of ``counts``
+    (each id's count in the training text); without counts, frequencies that follow Zipf's
+    law (1 / rank). Strictly increasing, each in [1, vocab_size - 1]; at least one."""
+    if counts is None or float(np.sum(counts)) <= 0:
+        weights = 1.0 / np.arange(1, vocab_size + 1)
+    else:
+        weights = np.zeros(vocab_size)
+        given = np.asarray(counts, dtype=np.float64)[:vocab_size]
+        weights[: len(given)] = given
+    share = np.cumsum(weights) / weights.sum()
+    cutoffs: list[int] = []
+    for coverage in COVERAGE:
+        cut = min(int(np.searchsorted(share, coverage)) + 1, vocab_size - 1)
+        if cut > (cutoffs[-1] if cutoffs else 0):
+            cutoffs.append(cut)
+    return cutoffs
+
+
+def check_cutoffs(cutoffs: Sequence[int], vocab_size: int) -> list[int]:
+    """``cutoffs`` as the list ``AdaptiveLogSoftmaxWithLoss`` accepts, or a one-line error."""
+    values = list(cutoffs)
+    valid = (values and all(isinstance(c, int) and not isinstance(c, bool) for c in values)
+             and values == sorted(set(values)) and 0 < values[0] and values[-1] < vocab_size)
+    if not valid:
+        raise ConfigError(f"model.adaptive_cutoffs={values!r}; give increasing integers in [1, {vocab_size - 1}] "
+                          "(the vocabulary size minus one), or null to choose them from the token frequencies")
+    return values
+
+
+def cluster_shares(cutoffs: Sequence[int] | None, counts: Sequence[int] | np.ndarray | None) -> list[float] | None:
+    """The fraction of ``counts`` in each tail cluster (training's cost of each), or ``None``."""
+    if cutoffs is None or counts is None or float(np.sum(counts)) <= 0:
+        return None
+    counts = np.asarray(counts, dtype=np.float64)
+    bounds = [*cutoffs, len(counts)]
+    return [float(counts[a:b].sum() / counts.sum()) for a, b in zip(bounds[:-1], bounds[1:])]

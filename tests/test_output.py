@@ -1,0 +1,66 @@
+"""The output layer: full softmax or torch's adaptive softmax, and how the cutoffs are chosen."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlm.errors import ConfigError
+from rnnlm.models import RNNLM, LanguageModel
+from rnnlm.models.output import auto_cutoffs, cluster_shares, resolve_output
+
+
+def test_adaptive_log_probabilities_sum_to_one_and_the_loss_is_the_full_computation():
+    torch.manual_seed(0)
+    net = RNNLM(200, hidden_size=16, num_layers=1, embedding_dim=8, output="adaptive", adaptive_cutoffs=[10, 50])
+    tokens, targets = torch.randint(0, 200, (2, 9)), torch.randint(0, 200, (2, 9))
+    log_probs, _ = net(tokens)  # training mode: no logit scale
+    assert log_probs.shape == (2, 9, 200)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 9))
+    loss, _ = net.loss(tokens, targets)  # each token's own cluster only
+    full = F.cross_entropy(log_probs.reshape(-1, 200), targets.reshape(-1))
+    by_hand = -log_probs.reshape(-1, 200).gather(1, targets.reshape(-1, 1)).mean()
+    torch.testing.assert_close(loss, full)
+    torch.testing.assert_close(loss, by_hand)
+    loss.backward()
+    assert net.adaptive.head.weight.grad is not None and net.rnn.weight_hh_l0.grad is not None
+
+
+def test_cutoffs_follow_the_token_frequencies():
+    counts = np.array([0, 50, 30, 10, 5, 3, 1, 1])  # id 0 (<unk>) never seen
+    # cumulative share: .5, .8, .9, .95, .98, .99, 1: 85% needs ids 0-3, 95% ids 0-4
+    assert auto_cutoffs(8, counts) == [4, 5]
+    assert cluster_shares([4, 5], counts) == pytest.approx([0.05, 0.05])
+    zipf = auto_cutoffs(30_000)  # no counts: frequencies 1 / rank
+    assert 0 < zipf[0] < zipf[1] < 30_000
+    assert auto_cutoffs(3, [0, 9, 1]) == [2] and auto_cutoffs(2, [0, 5]) == [1]  # at most vocab_size - 1
+
+
+def test_output_choice_and_bad_settings():
+    assert resolve_output("auto", 8193) == "adaptive" and resolve_output("auto", 8192) == "softmax"
+    assert resolve_output("auto", 100, adaptive_above=50) == "adaptive"
+    with pytest.raises(ConfigError, match=r"model.output='hierarchical'; use one of \['auto', 'softmax', 'adaptive'\]"):
+        resolve_output("hierarchical", 10)
+    with pytest.raises(ConfigError, match=r"model.adaptive_cutoffs=\[50, 20\]; give increasing integers in \[1, 99\]"):
+        RNNLM(100, output="adaptive", adaptive_cutoffs=[50, 20])
+    with pytest.raises(ConfigError, match=r"model.adaptive_cutoffs=\[10, 100\]"):
+        RNNLM(100, output="adaptive", adaptive_cutoffs=[10, 100])
+    with pytest.raises(ConfigError, match="tie_weights=true needs model.output=softmax"):
+        RNNLM(100, embedding_dim=256, tie_weights=True, output="adaptive")
+    with pytest.raises(ConfigError, match="adaptive_div_value=0.5"):
+        RNNLM(100, output="adaptive", adaptive_div_value=0.5)
+
+
+def test_the_module_resolves_the_output_and_keeps_the_cutoffs_it_chose():
+    from rnnlm.data.tokenizers import WordTokenizer
+
+    tokenizer = WordTokenizer.fit(" ".join(f"w{i}" for i in range(120)))
+    counts = np.arange(len(tokenizer))[::-1].copy()
+    optimizer = torch.optim.AdamW
+    model = LanguageModel(len(tokenizer), tokenizer.to_dict(), optimizer, output="auto", adaptive_above=100,
+                          token_counts=lambda: counts, hidden_size=8, num_layers=1, embedding_dim=4)
+    assert model.hparams.output == "adaptive" and model.hparams.adaptive_cutoffs == auto_cutoffs(len(counts), counts)
+    assert "token_counts" not in model.hparams
+    assert model.net.adaptive.cutoffs[:-1] == model.hparams.adaptive_cutoffs
+    small = LanguageModel(len(tokenizer), tokenizer.to_dict(), optimizer, output="auto", hidden_size=8, num_layers=1)
+    assert small.hparams.output == "softmax" and small.net.adaptive is None
