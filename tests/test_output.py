@@ -64,3 +64,22 @@ def test_the_module_resolves_the_output_and_keeps_the_cutoffs_it_chose():
     assert model.net.adaptive.cutoffs[:-1] == model.hparams.adaptive_cutoffs
     small = LanguageModel(len(tokenizer), tokenizer.to_dict(), optimizer, output="auto", hidden_size=8, num_layers=1)
     assert small.hparams.output == "softmax" and small.net.adaptive is None
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_adaptive_target_scores_equal_the_full_log_probabilities(scale):
+    """Evaluation scores each target from the head and its own cluster; a calibrated scale
+    renormalises over the whole vocabulary. Both equal log_softmax of forward's logits."""
+    torch.manual_seed(1)
+    net = RNNLM(150, hidden_size=12, num_layers=1, embedding_dim=6, output="adaptive", adaptive_cutoffs=[8, 40]).eval()
+    net.logit_scale.fill_(scale)
+    tokens = torch.randint(0, 150, (3, 10))
+    with torch.no_grad():
+        logits, reference_state = net(tokens)
+        spread = torch.arange(0, 150, 5).view(3, 10)  # targets in every cluster...
+        targets = torch.where(torch.arange(10) % 2 == 0, logits.argmax(-1), spread)  # ...and the top guesses
+        log_probs, hits, state = net.target_scores(tokens, targets)
+    full = logits.log_softmax(-1)
+    torch.testing.assert_close(log_probs, full.gather(-1, targets[..., None]).squeeze(-1), atol=1e-5, rtol=0)
+    assert torch.equal(hits, logits.argmax(-1) == targets)
+    torch.testing.assert_close(state[0], reference_state[0])

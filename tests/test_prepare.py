@@ -16,7 +16,7 @@ from rnnlm.data import corpus as corpus_module
 from rnnlm.data import prepare as prepare_module
 from rnnlm.data.corpus import read_corpus
 from rnnlm.data.datamodule import CorpusDataModule
-from rnnlm.data.prepare import META, CorpusSettings, prepare
+from rnnlm.data.prepare import META, CorpusSettings, load, prepare
 from rnnlm.data.tokenizers import TOKENIZERS
 from rnnlm.errors import CorpusError
 from rnnlm.files import DiskError
@@ -51,13 +51,31 @@ def test_prepared_tokens_equal_the_in_memory_encoding(corpus_dir, tmp_path, monk
     text, _ = read_corpus(corpus_dir)
     assert text == "\n\n".join(TEXTS[name].strip("\n") for name in sorted(TEXTS))  # the documents, joined
     expected_tokenizer = TOKENIZERS[tokenizer].fit(text[: int(len(text) * 0.9)])
-    expected = expected_tokenizer.encode(text)
+    cuts = [0, int(len(text) * 0.9), int(len(text) * 0.95), len(text)]  # each split encoded on its own
+    parts = [expected_tokenizer.encode(text[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    expected = np.concatenate(parts)
     prepared = prepare(settings(corpus_dir, tokenizer), tmp_path / "cache")
     assert prepared.tokenizer.vocab == expected_tokenizer.vocab
     assert prepared.ids.dtype == expected.dtype and np.array_equal(prepared.ids, expected)
+    assert prepared.split_tokens == (len(parts[0]), len(parts[0]) + len(parts[1]))
+    assert load(prepared.directory).split_tokens == prepared.split_tokens
     assert prepared.facts == {"documents": 5, "replaced_bytes": 0, "chars": len(text)}
     in_memory = prepare(settings(corpus_dir, tokenizer), None)
     assert np.array_equal(in_memory.ids, expected) and in_memory.directory is None
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_every_tokenizer_validates_on_the_same_characters(corpus_dir, tmp_path, tokenizer):
+    """Splits are cut by characters, so a word or BPE model scores the very text a character model does."""
+    text, _ = read_corpus(corpus_dir)
+    options = {"vocab_size": 300} if tokenizer == "bpe" else {}
+    dm = CorpusDataModule(path=str(corpus_dir), seq_len=4, batch_size=1, splits=[0.7, 0.2, 0.1], tokenizer=tokenizer,
+                          cache_dir=str(tmp_path / "cache"), **options)
+    dm.setup()
+    n = len(text)
+    for split, (start, stop) in {"train": (0, int(n * 0.7)), "val": (int(n * 0.7), int(n * 0.9)), "test": (int(n * 0.9), n)}.items():
+        assert np.array_equal(dm.tokens[split].numpy(), dm.tokenizer.encode(text[start:stop])), split
+    assert dm.tokenizer.decode(dm.tokens["train"].tolist()) == text[: int(n * 0.7)]  # no <unk> where it was fitted
 
 
 def test_the_data_module_maps_the_prepared_splits(corpus_dir, tmp_path):

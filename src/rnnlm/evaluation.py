@@ -10,17 +10,14 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.errors import ConfigError
 
 
-def stateful_chunks(
-    net: nn.Module, ids: torch.Tensor, lanes: int, chunk: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits [n, vocab] as float, targets [n]) chunk by chunk, ``ids`` cut into ``lanes``
-    contiguous lanes read side by side with the state carried; the ``lanes * (len // lanes)``
+def lane_windows(net: nn.Module, ids: torch.Tensor, lanes: int, chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, targets) [lanes, <= chunk] as ``long`` on the net's device, chunk by chunk:
+    ``ids`` cut into ``lanes`` contiguous lanes read side by side; the ``lanes * (len // lanes)``
     tokens that fit are predicted, each from everything before it in its lane."""
     lane_len = (ids.numel() - 1) // lanes
     if lane_len < 1:
@@ -30,11 +27,32 @@ def stateful_chunks(
     # chunk at hand becomes ``long`` on the device, so memory does not grow with the text.
     inputs = ids[: lanes * lane_len].view(lanes, lane_len)
     targets = ids[1 : lanes * lane_len + 1].view(lanes, lane_len)
-    state = None
     for start in range(0, lane_len, chunk):
         window = slice(start, start + chunk)
-        logits, state = net(inputs[:, window].to(device=device, dtype=torch.long), state)
-        yield logits.reshape(-1, logits.size(-1)).float(), targets[:, window].reshape(-1).to(device=device, dtype=torch.long)
+        yield (inputs[:, window].to(device=device, dtype=torch.long),
+               targets[:, window].to(device=device, dtype=torch.long))
+
+
+def stateful_chunks(
+    net: nn.Module, ids: torch.Tensor, lanes: int, chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(logits [n, vocab] as float, targets [n]) chunk by chunk over :func:`lane_windows`,
+    the state carried."""
+    state = None
+    for inputs, targets in lane_windows(net, ids, lanes, chunk):
+        logits, state = net(inputs, state)
+        yield logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
+
+
+def target_scores(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, state=None):
+    """(log-probability of each target, whether it was the most likely token, state): the
+    net's own ``target_scores`` where it has one (an adaptive softmax scores without the
+    whole vocabulary), else from its logits."""
+    if hasattr(net, "target_scores"):
+        return net.target_scores(inputs, targets, state)
+    logits, state = net(inputs, state)
+    log_probs = logits.float().log_softmax(-1)
+    return log_probs.gather(-1, targets[..., None]).squeeze(-1), logits.argmax(-1) == targets, state
 
 
 @torch.no_grad()
@@ -45,14 +63,15 @@ def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int =
     state carried throughout.
 
     ``lanes=1`` scores the whole text as one sequence; more lanes score contiguous parts of
-    it side by side as one batch (see ``stateful_chunks``).
+    it side by side as one batch (see ``lane_windows``).
     """
-    nll_sum, correct, count, chars = 0.0, 0, 0, 0.0
-    for flat, target in stateful_chunks(net, ids, lanes, chunk):
-        nll_sum += float(F.cross_entropy(flat, target, reduction="sum"))
-        correct += int((flat.argmax(-1) == target).sum())
-        count += target.numel()
-        chars += float(char_lengths.to(target.device)[target].sum()) if char_lengths is not None else target.numel()
+    nll_sum, correct, count, chars, state = 0.0, 0, 0, 0.0, None
+    for inputs, targets in lane_windows(net, ids, lanes, chunk):
+        log_probs, hits, state = target_scores(net, inputs, targets, state)
+        nll_sum -= float(log_probs.double().sum())
+        correct += int(hits.sum())
+        count += targets.numel()
+        chars += float(char_lengths.to(targets.device)[targets].sum()) if char_lengths is not None else targets.numel()
     return nll_sum, correct, count, chars
 
 

@@ -221,7 +221,8 @@ class CorpusDataModule(pl.LightningDataModule):
     @property
     def settings(self) -> CorpusSettings:
         return CorpusSettings(self.path, self.glob, self.separator, self.encoding_errors, self.tokenizer_kind,
-                              self.max_vocab, self.min_freq, float(self.splits[0]), self.vocab_size_to_learn)
+                              self.max_vocab, self.min_freq, float(self.splits[0]), self.vocab_size_to_learn,
+                              float(self.splits[1]))
 
     def prepare_data(self) -> None:
         """Encode the corpus into the cache, once (Lightning runs this on one process per node)."""
@@ -240,7 +241,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self.tokenizer = prepared.tokenizer
         self.cache_entry = prepared.directory
         ids = torch.from_numpy(prepared.ids)
-        bounds = [0, int(len(ids) * self.splits[0]), int(len(ids) * (self.splits[0] + self.splits[1])), len(ids)]
+        bounds = [0, *prepared.split_tokens, len(ids)]  # cut at the same characters for every tokenizer
         regions = {split: (bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
         if self.calibration:
             # The start of the train region, never trained on: where the logit scale is fitted

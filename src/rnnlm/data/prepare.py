@@ -52,7 +52,7 @@ from rnnlm.files import disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # of the files below; part of the cache key
+FORMAT = 2  # of the files below; part of the cache key (2: the splits' token bounds in meta.json)
 BLOCK = 1 << 20  # <unk> is counted per block of this many tokens, so any region's count is quick
 TOKENS, META, UNK_BLOCKS = "tokens.bin", "meta.json", "unk_blocks.npy"
 PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora prepare in about a second: no progress bar
@@ -73,6 +73,7 @@ class CorpusSettings:
     min_freq: int
     train_fraction: float
     vocab_size: int | None = None  # the BPE vocabulary to learn (tokenizer=bpe)
+    val_fraction: float = 0.05  # the characters after the train split that validate
 
 
 @dataclass
@@ -83,6 +84,9 @@ class PreparedCorpus:
     unk_blocks: np.ndarray
     directory: Path | None
     reused: bool
+    # Where the val and test splits start in ``ids``: each split is encoded on its own from
+    # the same characters whatever the tokenizer, so char, word and BPE models score one text.
+    split_tokens: tuple[int, int]
 
     def unknown_in(self, start: int, stop: int) -> int:
         """``<unk>`` tokens among ``ids[start:stop]``: whole blocks from the counts, the ends counted."""
@@ -173,7 +177,7 @@ def load(directory: Path) -> PreparedCorpus:
     # Copy-on-write map: reading costs page cache only, and torch gets a writable array.
     ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(meta["tokens"],))
     return PreparedCorpus(Tokenizer.from_dict(meta["tokenizer"]), ids, meta["facts"], np.load(directory / UNK_BLOCKS),
-                          directory, reused=True)
+                          directory, reused=True, split_tokens=tuple(meta["split_tokens"]))
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -198,6 +202,27 @@ def _progress(sources: list[Source], label: str, facts: StreamFacts, pieces: Ite
         bar.update(total - bar.n)
 
 
+class _CharCutter:
+    """Consecutive runs of characters taken from one stream of pieces."""
+
+    def __init__(self, pieces: Iterable[str]):
+        self._pieces, self._rest = iter(pieces), ""
+
+    def take(self, limit: int | None) -> Iterator[str]:
+        """The next ``limit`` characters (``None``: all that is left), piece by piece; a piece
+        that runs past the limit is cut and its rest starts the next run."""
+        while limit is None or limit > 0:
+            piece = self._rest or next(self._pieces, None)
+            self._rest = ""
+            if piece is None:
+                return
+            if limit is not None:
+                if len(piece) > limit:
+                    piece, self._rest = piece[:limit], piece[limit:]
+                limit -= len(piece)
+            yield piece
+
+
 def _any_text(sources: list[Source], settings: CorpusSettings) -> bool:
     """Whether the corpus holds a character besides whitespace (read only when the train split has none)."""
     facts = StreamFacts()
@@ -207,9 +232,11 @@ def _any_text(sources: list[Source], settings: CorpusSettings) -> bool:
 def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus:
     """Count the characters, fit on the train split, encode (into ``directory`` or memory)."""
     total_chars = count_chars(sources, settings.separator, settings.encoding_errors)
+    # The same character bounds the data module would cut a character corpus at.
+    char_bounds = (int(total_chars * settings.train_fraction),
+                   int(total_chars * (settings.train_fraction + settings.val_fraction)))
     fitting = StreamFacts()
-    train_text = take_chars(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting),
-                            int(total_chars * settings.train_fraction))
+    train_text = take_chars(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting), char_bounds[0])
     size = settings.vocab_size if settings.tokenizer == "bpe" else settings.max_vocab
     tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "1/2 vocabulary", fitting, train_text),
                                                           size, settings.min_freq)
@@ -226,18 +253,23 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     encoding = StreamFacts()
     pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: dict[int, int] = {}
-    count, parts = 0, []
+    count, parts, split_tokens = 0, [], []
+    cutter = _CharCutter(pieces)
+    segments = (cutter.take(char_bounds[0]), cutter.take(char_bounds[1] - char_bounds[0]), cutter.take(None))
     with (directory / TOKENS).open("wb") if directory is not None else contextlib.nullcontext() as out:
-        for ids in tokenizer.encode_stream(pieces):
-            unknown = np.flatnonzero(ids == 0)
-            if len(unknown):
-                for block, n in zip(*np.unique((unknown + count) // BLOCK, return_counts=True)):
-                    unk_blocks[int(block)] = unk_blocks.get(int(block), 0) + int(n)
-            count += len(ids)
-            if out is not None:
-                out.write(memoryview(np.ascontiguousarray(ids)).cast("B"))  # raises on a full disk, unlike tofile
-            else:
-                parts.append(ids)
+        for index, segment in enumerate(segments):
+            if index:
+                split_tokens.append(count)  # where the val (then test) split starts
+            for ids in tokenizer.encode_stream(segment):
+                unknown = np.flatnonzero(ids == 0)
+                if len(unknown):
+                    for block, n in zip(*np.unique((unknown + count) // BLOCK, return_counts=True)):
+                        unk_blocks[int(block)] = unk_blocks.get(int(block), 0) + int(n)
+                count += len(ids)
+                if out is not None:
+                    out.write(memoryview(np.ascontiguousarray(ids)).cast("B"))  # raises on a full disk, unlike tofile
+                else:
+                    parts.append(ids)
         if out is not None:
             out.flush()
             os.fsync(out.fileno())
@@ -250,13 +282,14 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     facts = {"documents": encoding.documents, "replaced_bytes": encoding.replaced_bytes, "chars": encoding.chars}
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
-        return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False)
+        return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False, split_tokens=tuple(split_tokens))
     buffer = io.BytesIO()
     np.save(buffer, blocks)
     _write_synced(directory / UNK_BLOCKS, buffer.getvalue())
     meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
-                            "tokens": count, "facts": facts, "settings": asdict(settings),
+                            "tokens": count, "split_tokens": split_tokens, "facts": facts, "settings": asdict(settings),
                             "sources": [s.identity() for s in sources]}
     _write_synced(directory / META, json.dumps(meta).encode())  # last: with the sizes, it marks the entry complete
     fsync_dir(directory)
-    return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False)
+    return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False,
+                          split_tokens=tuple(split_tokens))

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric, MinMetric
 
 from rnnlm.data.tokenizers import Tokenizer
@@ -78,6 +77,7 @@ class LanguageModel(pl.LightningModule):
         # must not add a second copy of its keys to the state dict.
         object.__setattr__(self, "step_model", torch.compile(self.net) if compile else self.net)
         object.__setattr__(self, "train_loss", torch.compile(self.net.loss) if compile else self.net.loss)
+        object.__setattr__(self, "eval_scores", torch.compile(self.net.target_scores) if compile else self.net.target_scores)
         self.metrics = torch.nn.ModuleDict({f"{split}_{name}": MeanMetric() for split in ("val", "test")
                                             for name in ("loss", "acc", "chars", "loss_stateful", "chars_stateful")})
         # Characters each id stands for (bits per character); from the tokenizer, not saved.
@@ -107,11 +107,9 @@ class LanguageModel(pl.LightningModule):
             if self.carry_state:
                 self._train_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             return loss
-        logits, _ = self(inputs)
-        flat_logits = logits.reshape(-1, logits.size(-1))
-        loss = F.cross_entropy(flat_logits, targets.reshape(-1))
-        with torch.no_grad():
-            correct = (flat_logits.argmax(-1) == targets.reshape(-1)).float().mean()
+        log_probs, hits, _ = self.eval_scores(inputs, targets)
+        loss = -log_probs.mean()
+        correct = hits.float().mean()
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=targets.numel())
         self.metrics[f"{split}_acc"].update(correct, weight=targets.numel())
         self.metrics[f"{split}_chars"].update(self.char_lengths[targets].mean(), weight=targets.numel())

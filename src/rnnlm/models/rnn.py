@@ -157,6 +157,22 @@ class RNNLM(nn.Module):
             return F.cross_entropy(self.decoder(hidden).reshape(-1, self.vocab_size), flat_targets), state
         return self.adaptive(hidden.reshape(-1, self.hidden_size), flat_targets).loss, state
 
+    def target_scores(self, tokens: torch.Tensor, targets: torch.Tensor,
+                      state: State | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """The log-probability of each target as ``forward`` scores it (logit scale included),
+        whether it was the most likely token ([batch, time] each), and the new state. An
+        adaptive softmax at scale 1 computes only the head and each target's cluster, never
+        the whole vocabulary (a scaled one must renormalise over it)."""
+        if self.adaptive is None or self.training or float(self.logit_scale) != 1.0:
+            logits, state = self(tokens, state)
+            log_probs = logits.float().log_softmax(-1)
+            return log_probs.gather(-1, targets[..., None]).squeeze(-1), logits.argmax(-1) == targets, state
+        hidden, state = self.features(tokens, state)
+        flat, flat_targets = hidden.reshape(-1, self.hidden_size), targets.reshape(-1)
+        log_probs = self.adaptive(flat, flat_targets).output.float()
+        hits = self.adaptive.predict(flat) == flat_targets
+        return log_probs.view_as(targets), hits.view_as(targets), state
+
     def output_macs(self, cluster_shares: list[float] | None = None) -> float:
         """Multiply-adds of the output layer per token: ``H * vocab`` for a softmax; for an
         adaptive one the head plus each tail cluster weighted by ``cluster_shares`` (the
