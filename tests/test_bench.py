@@ -78,3 +78,22 @@ def test_naive_generate_returns_the_requested_steps() -> None:
     net = RNNLM(12, "lstm", 8, 1, 0.0, 4).eval()
     ids = naive_generate(net, [1, 2, 3], 7)
     assert len(ids) == 7 and all(0 <= i < 12 for i in ids)
+
+
+def test_vocabulary_measurements_compare_outputs_and_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--vocab``: both output layers train on the same word batches; each tokenizer samples."""
+    from rnnlm.bench import vocabularies
+    from rnnlm.bench.common import PLANS
+
+    monkeypatch.setattr(vocabularies, "VOCAB_WORDS", 300)
+    monkeypatch.setattr(vocabularies, "VOCAB_BPE", 300)
+    monkeypatch.setattr(vocabularies, "VOCAB_HIDDEN", 16)
+    text = "".join(f"word{i % 97} and the {i % 13}, then {i % 7}.\n" for i in range(3000))
+    result = vocabularies.measure_vocabularies(PLANS["tiny"], text, train_steps=2)
+    assert result["vocab_size_word"] <= 300 and result["vocab_size_bpe"] == 300
+    assert result["vocab_adaptive_cutoffs"] and result["vocab_adaptive_over_softmax"] > 0
+    for name in ("char", "bpe", "word"):
+        assert result[f"vocab_sample_tokens_per_s_{name}"] > 0
+        assert result[f"vocab_chars_per_token_{name}"] >= 1
+    assert result["vocab_chars_per_token_char"] == 1 and result["vocab_chars_per_token_word"] > 2
+    assert "adaptive softmax" in vocabularies.format_vocabularies(result)

@@ -175,3 +175,17 @@ def test_resuming_with_another_corpus_of_the_same_vocabulary_size_is_refused(tmp
     check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}})
     with pytest.raises(RnnlmError, match=r"another vocabulary of the same size \(2 of its 3 token ids mean other tokens"):
         check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "b", "a"]}})
+
+
+def test_resuming_a_checkpoint_from_before_the_adaptive_softmax_names_the_output(tmp_path):
+    """Checkpoints without ``output`` hold a full softmax; a config whose output=auto now picks
+    the adaptive one for that vocabulary is refused in one line, not by Lightning's key list."""
+    from rnnlm.resume import check_architecture
+
+    vocab = ["<unk>", *(f"w{i}" for i in range(9999))]
+    saved = {"hyper_parameters": {"vocab_size": 10_000, "tokenizer": {"vocab": vocab}, "cell": "lstm"}}
+    asked = {"vocab_size": 10_000, "tokenizer": {"vocab": vocab}, "cell": "lstm"}
+    check_architecture(tmp_path / "x.ckpt", saved, {**asked, "output": "softmax"})
+    with pytest.raises(RnnlmError, match=r"model.output='adaptive' \(the checkpoint has 'softmax'\)") as info:
+        check_architecture(tmp_path / "x.ckpt", saved, {**asked, "output": "adaptive", "adaptive_cutoffs": [10, 100]})
+    assert "\n" not in str(info.value)

@@ -28,11 +28,11 @@ def test_adaptive_log_probabilities_sum_to_one_and_the_loss_is_the_full_computat
 
 def test_cutoffs_follow_the_token_frequencies():
     counts = np.array([0, 50, 30, 10, 5, 3, 1, 1])  # id 0 (<unk>) never seen
-    # cumulative share: .5, .8, .9, .95, .98, .99, 1: 85% needs ids 0-3, 95% ids 0-4
-    assert auto_cutoffs(8, counts) == [4, 5]
-    assert cluster_shares([4, 5], counts) == pytest.approx([0.05, 0.05])
+    # cumulative share: 0, .5, .8, .9, .95, .98, .99, 1: 70% needs ids 0-2, 90% ids 0-3, 98% ids 0-5
+    assert auto_cutoffs(8, counts) == [3, 4, 6]
+    assert cluster_shares([3, 4, 6], counts) == pytest.approx([0.1, 0.08, 0.02])
     zipf = auto_cutoffs(30_000)  # no counts: frequencies 1 / rank
-    assert 0 < zipf[0] < zipf[1] < 30_000
+    assert 0 < zipf[0] < zipf[1] < zipf[2] < 30_000
     assert auto_cutoffs(3, [0, 9, 1]) == [2] and auto_cutoffs(2, [0, 5]) == [1]  # at most vocab_size - 1
 
 
@@ -49,6 +49,9 @@ def test_output_choice_and_bad_settings():
         RNNLM(100, embedding_dim=256, tie_weights=True, output="adaptive")
     with pytest.raises(ConfigError, match="adaptive_div_value=0.5"):
         RNNLM(100, output="adaptive", adaptive_div_value=0.5)
+    with pytest.raises(ConfigError, match=r"makes 3 tail clusters, but with model.hidden_size=32 .* only 2 get a projection"):
+        RNNLM(100, hidden_size=32, output="adaptive", adaptive_cutoffs=[10, 20, 50])
+    assert len(RNNLM(100, hidden_size=32, output="adaptive").adaptive.tail) == 2  # automatic: as many as fit
 
 
 def test_the_module_resolves_the_output_and_keeps_the_cutoffs_it_chose():
@@ -59,7 +62,9 @@ def test_the_module_resolves_the_output_and_keeps_the_cutoffs_it_chose():
     optimizer = torch.optim.AdamW
     model = LanguageModel(len(tokenizer), tokenizer.to_dict(), optimizer, output="auto", adaptive_above=100,
                           token_counts=lambda: counts, hidden_size=8, num_layers=1, embedding_dim=4)
-    assert model.hparams.output == "adaptive" and model.hparams.adaptive_cutoffs == auto_cutoffs(len(counts), counts)
+    # 8 hidden units: one tail cluster gets 8 // 4 = 2 units, a second would get none
+    assert model.hparams.output == "adaptive" and model.hparams.adaptive_cutoffs == auto_cutoffs(len(counts), counts, 1)
+    assert len(model.hparams.adaptive_cutoffs) == 1
     assert "token_counts" not in model.hparams
     assert model.net.adaptive.cutoffs[:-1] == model.hparams.adaptive_cutoffs
     small = LanguageModel(len(tokenizer), tokenizer.to_dict(), optimizer, output="auto", hidden_size=8, num_layers=1)
@@ -71,7 +76,7 @@ def test_adaptive_target_scores_equal_the_full_log_probabilities(scale):
     """Evaluation scores each target from the head and its own cluster; a calibrated scale
     renormalises over the whole vocabulary. Both equal log_softmax of forward's logits."""
     torch.manual_seed(1)
-    net = RNNLM(150, hidden_size=12, num_layers=1, embedding_dim=6, output="adaptive", adaptive_cutoffs=[8, 40]).eval()
+    net = RNNLM(150, hidden_size=16, num_layers=1, embedding_dim=6, output="adaptive", adaptive_cutoffs=[8, 40]).eval()
     net.logit_scale.fill_(scale)
     tokens = torch.randint(0, 150, (3, 10))
     with torch.no_grad():

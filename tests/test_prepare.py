@@ -57,8 +57,8 @@ def test_prepared_tokens_equal_the_in_memory_encoding(corpus_dir, tmp_path, monk
     prepared = prepare(settings(corpus_dir, tokenizer), tmp_path / "cache")
     assert prepared.tokenizer.vocab == expected_tokenizer.vocab
     assert prepared.ids.dtype == expected.dtype and np.array_equal(prepared.ids, expected)
-    assert prepared.split_tokens == (len(parts[0]), len(parts[0]) + len(parts[1]))
-    assert load(prepared.directory).split_tokens == prepared.split_tokens
+    assert prepared.split_starts == (len(parts[0]), len(parts[0]) + len(parts[1]))
+    assert load(prepared.directory).split_starts == prepared.split_starts
     assert prepared.facts == {"documents": 5, "replaced_bytes": 0, "chars": len(text)}
     in_memory = prepare(settings(corpus_dir, tokenizer), None)
     assert np.array_equal(in_memory.ids, expected) and in_memory.directory is None
@@ -73,7 +73,8 @@ def test_every_tokenizer_validates_on_the_same_characters(corpus_dir, tmp_path, 
                           cache_dir=str(tmp_path / "cache"), **options)
     dm.setup()
     n = len(text)
-    for split, (start, stop) in {"train": (0, int(n * 0.7)), "val": (int(n * 0.7), int(n * 0.9)), "test": (int(n * 0.9), n)}.items():
+    cuts = [0, int(n * 0.7), int(n * (0.7 + 0.2)), n]  # as prepare computes them
+    for split, start, stop in zip(("train", "val", "test"), cuts[:-1], cuts[1:]):
         assert np.array_equal(dm.tokens[split].numpy(), dm.tokenizer.encode(text[start:stop])), split
     assert dm.tokenizer.decode(dm.tokens["train"].tolist()) == text[: int(n * 0.7)]  # no <unk> where it was fitted
 

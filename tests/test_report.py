@@ -185,3 +185,25 @@ def test_curve_labels_drop_shared_overrides(sweep: Path) -> None:
     labels, shared = curve_labels([run for run in runs if run.curve])
     assert shared == ["debug=fast"]
     assert labels[0] == "model=gru model.hidden_size=128 model.optimizer.lr=0.002"
+
+
+def test_report_gives_vocabulary_parameters_and_throughput(sweep: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tokenizer comparisons: vocab and params from hparams.yaml, tokens/s (the median step)
+    and chars/s (times the corpus's characters per token) from metrics.csv."""
+    job = sweep / "1"
+    (job / "csv" / "hparams.yaml").write_text("data/vocab_size: 16384\nmodel/params_total: 3829036\n"
+                                             "data/chars: 4000\ndata/tokens: 1000\ncfg:\n  seed: 1\n")
+    with (job / "csv" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row, rate in zip(rows, ["100", "", "300", "200", "", ""]):
+        row["train/device/items_per_sec"] = rate
+    with (job / "csv" / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0]])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main([str(sweep)]) == 0
+    with (sweep / "report.csv").open(newline="") as handle:
+        records = {r["run"]: r for r in csv.DictReader(handle)}
+    assert records["1"]["vocab"] == "16384" and records["1"]["params"] == "3829036"
+    assert float(records["1"]["tokens/s"]) == 200 and float(records["1"]["chars/s"]) == 800
+    assert records["0"]["tokens/s"] == records["0"]["vocab"] == ""  # nothing logged: blank, not an error

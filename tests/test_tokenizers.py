@@ -45,7 +45,7 @@ def test_word_tokens_keep_their_spaces_and_the_default_vocabulary_is_capped():
     text = "To be, or not to be: that is the question.\n" * 3
     tok = WordTokenizer.fit(text)
     assert tok.decode(tok.encode(text)) == text and " question" in tok.vocab
-    assert len(tok.encode(text)) == 3 * 14  # 10 words, 3 marks, a newline: half the old 27 per line
+    assert len(tok.encode(text)) == 3 * 14  # 10 words, 3 marks, a newline; the old split's 9 spaces made 23
     from rnnlm.data import tokenizers
 
     many = " ".join(f"w{i}" for i in range(tokenizers.DEFAULT_MAX_VOCAB + 50))
@@ -121,3 +121,23 @@ def test_bpe_state_is_plain_data_and_streamed_encoding_equals_whole(monkeypatch,
     pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     whole = np.asarray(tok._hf.encode(text).ids)
     assert np.array_equal(np.concatenate(list(tok.encode_stream(pieces))), whole)
+
+
+@pytest.mark.parametrize("cls", [WordTokenizer, "bpe"])
+def test_text_ending_in_whitespace_encodes_as_it_reads_before_more_text(cls):
+    """A prompt or separator that ends in whitespace: the ids training saw there, not those of
+    text that stops (a word takes the space before it, so "\\n\\n" alone would be one rare token)."""
+    from rnnlm.data.tokenizers import BPETokenizer
+
+    text = "ACT I\n\nSCENE I. Rome.\n\nFirst Citizen: Before we proceed any further, hear me speak.\n\n" * 20
+    tok = BPETokenizer.fit(text, 300) if cls == "bpe" else cls.fit(text)
+    for context in ("\n\n", "ACT I\n\n", " Rome.\n", " speak.", "ACT I\n\nSCENE"):
+        ids = tok.encode_context(context).tolist()
+        assert tok.decode(ids) == context and 0 not in ids
+        following = "SCENE" if context[-1].isspace() else " I"  # a word right after it
+        assert tok.encode(context + following).tolist()[: len(ids)] == ids, context
+    assert tok.encode_context("\n\n").tolist() == tok.encode("\n\nSCENE").tolist()[:2]
+    if cls is WordTokenizer:  # alone, "\n\n" is one piece, seen once in training: at the very end
+        assert len(tok.encode("\n\n")) == 1
+    spaced = tok.encode_context(" hear me ").tolist()  # a trailing space stays, as its own token
+    assert spaced[:-1] == tok.encode(" hear me").tolist() and tok.decode(spaced[-1:]) in (" ", UNK)

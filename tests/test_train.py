@@ -304,6 +304,11 @@ def test_a_bpe_model_trains_checkpoints_as_plain_data_and_samples_any_text(tmp_p
     dm = objects["datamodule"]
     assert dm.vocab_size == 300 and dm.stats["val_unk"] == 0 and int((dm.tokens["train"] == 0).sum()) == 0
     assert metrics["val/bpt"] / metrics["val/bpc"] > 1.2  # a token stands for more than one character
+    tokens, lengths = dm.tokens["val"], torch.tensor(dm.tokenizer.char_lengths())
+    lanes = min(cfg.model.stateful_eval_lanes, (len(tokens) - 1) // 2)
+    nll_sum, _, count, chars = score_totals(objects["model"].net, tokens, lanes, chunk=256, char_lengths=lengths)
+    assert chars == pytest.approx(float(lengths[tokens[1 : 1 + count].long()].sum()), rel=1e-6)
+    assert metrics["val/bpc_stateful"] == pytest.approx(nll_sum / chars / math.log(2), rel=1e-4)
     ckpt = torch.load(objects["last_ckpt"], weights_only=True, map_location="cpu")
     assert ckpt["hyper_parameters"]["tokenizer"]["kind"] == "bpe"
     loaded = load_model(objects["last_ckpt"], "cpu")

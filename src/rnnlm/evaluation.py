@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,15 +45,21 @@ def stateful_chunks(
         yield logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)
 
 
-def target_scores(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, state=None):
+def logit_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability (fp32) of each target under ``logits`` and whether it was the top guess."""
+    log_probs = logits.float().log_softmax(-1)
+    return log_probs.gather(-1, targets[..., None]).squeeze(-1), logits.argmax(-1) == targets
+
+
+def target_scores(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  state: Any = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """(log-probability of each target, whether it was the most likely token, state): the
     net's own ``target_scores`` where it has one (an adaptive softmax scores without the
     whole vocabulary), else from its logits."""
     if hasattr(net, "target_scores"):
         return net.target_scores(inputs, targets, state)
     logits, state = net(inputs, state)
-    log_probs = logits.float().log_softmax(-1)
-    return log_probs.gather(-1, targets[..., None]).squeeze(-1), logits.argmax(-1) == targets, state
+    return (*logit_scores(logits, targets), state)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from rnnlm.errors import RnnlmError
@@ -32,11 +33,18 @@ CONFIG_COLUMNS: dict[str, str] = {
     "lr": "model.optimizer.lr",
     "seq_len": "data.seq_len",
     "batch_size": "data.batch_size",
+    "tokenizer": "data.tokenizer",
 }
+# Facts of every run from the CSVLogger's hparams.yaml and metrics.csv (see load_facts).
+FACT_COLUMNS = ("vocab", "params", "tokens/s", "chars/s")
+# Lightning's ThroughputMonitor, tokens per second: of all devices together (logged with
+# more than one), else of the one device.
+THROUGHPUT_METRICS = ("train/items_per_sec", "train/device/items_per_sec")
 # Final metrics reported for every run: column name -> key in metrics.json.
 METRIC_COLUMNS: dict[str, str] = {
     "val/loss": "val/loss",
     "val/bpc": "val/bpc",
+    "val/bpc_stateful": "val/bpc_stateful",
     "val/ppl": "val/ppl",
     "val/acc": "val/acc",
     "test/bpc": "test/bpc",
@@ -68,6 +76,7 @@ class Run:
     metrics: dict[str, Any]
     status: str
     curve: list[tuple[int, float]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -226,6 +235,32 @@ def load_curve(paths: Sequence[Path], metric: str = SORT_METRIC) -> list[tuple[i
     return sorted((step, value) for step, value in points.items() if step not in test_steps)
 
 
+def load_facts(paths: Sequence[Path]) -> dict[str, Any]:
+    """Vocabulary, parameters, and training tokens and characters per second (the median
+    over the logged steps) from a run's CSVLogger files (``metrics.csv`` beside its
+    ``hparams.yaml``); missing ones are None."""
+    hparams: dict[str, Any] = {}
+    rates: list[float] = []
+    for path in paths:
+        try:
+            if path.with_name("hparams.yaml").is_file():
+                loaded = yaml.safe_load(path.with_name("hparams.yaml").read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    hparams = {str(k): v for k, v in loaded.items() if not isinstance(v, dict | list)}
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    rate = next((v for key in THROUGHPUT_METRICS if (v := _as_float(row.get(key))) is not None), None)
+                    if rate is not None and math.isfinite(rate) and rate > 0:
+                        rates.append(rate)
+        except Exception:  # a broken file should not stop the report
+            continue
+    tokens_per_s = float(sorted(rates)[len(rates) // 2]) if rates else None
+    chars, tokens = _as_float(hparams.get("data/chars")), _as_float(hparams.get("data/tokens"))
+    return {"vocab": hparams.get("data/vocab_size"), "params": hparams.get("model/params_total"),
+            "tokens/s": tokens_per_s,
+            "chars/s": tokens_per_s * chars / tokens if tokens_per_s and chars and tokens else None}
+
+
 def load_run(run_dir: Path, root: Path) -> Run:
     """Read everything the report needs from one run dir."""
     cfg = load_config(run_dir / ".hydra" / "config.yaml")
@@ -241,6 +276,7 @@ def load_run(run_dir: Path, root: Path) -> Run:
         metrics=metrics,
         status=status,
         curve=load_curve(find_metrics_csvs(run_dir)),
+        facts=load_facts(find_metrics_csvs(run_dir)),
     )
 
 
@@ -266,7 +302,7 @@ def override_columns(runs: Sequence[Run]) -> list[str]:
 
 def table_columns(runs: Sequence[Run]) -> list[str]:
     """All columns of the report, in order."""
-    return ["run", "status", *CONFIG_COLUMNS, *override_columns(runs), *METRIC_COLUMNS]
+    return ["run", "status", *CONFIG_COLUMNS, *override_columns(runs), *FACT_COLUMNS, *METRIC_COLUMNS]
 
 
 def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -276,6 +312,7 @@ def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"run": run.name, "status": run.status, **run.config}
         for key in override_columns(runs):
             row[key] = run.override_values.get(key)
+        row.update(run.facts)
         row.update({column: run.metrics.get(key) for column, key in METRIC_COLUMNS.items()})
         rows.append(row)
     return rows

@@ -14,7 +14,7 @@ from typing import Any
 
 from rnnlm.checkpoint import newest_loadable, read_checkpoint
 from rnnlm.errors import RnnlmError
-from rnnlm.models.module import NETWORK_ARGUMENTS
+from rnnlm.models.module import NETWORK_ARGUMENTS, NETWORK_DEFAULTS
 from rnnlm.models.rnn import SHAPE_FREE_ARGUMENTS
 from rnnlm.options import existing_file
 from rnnlm.rundir import CHECKPOINT_DIR, RESUME_HINT
@@ -46,10 +46,10 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, resuming: bool = False) 
 def check_architecture(path: Path, checkpoint: dict[str, Any], hparams: dict[str, Any]) -> None:
     """The config builds the network the checkpoint holds, else name every setting that differs."""
     saved = checkpoint.get("hyper_parameters") or {}
-    differ = [
-        f"model.{key}={hparams.get(key)!r} (the checkpoint has {saved[key]!r})"
-        for key in ARCHITECTURE if key in saved and saved[key] != hparams.get(key)
-    ]
+    # A setting newer than the checkpoint was built with its default (e.g. output=softmax).
+    built = {key: saved.get(key, NETWORK_DEFAULTS.get(key)) for key in ARCHITECTURE} if saved else {}
+    asked = {key: hparams.get(key, NETWORK_DEFAULTS.get(key)) for key in built}
+    differ = [f"model.{key}={asked[key]!r} (the checkpoint has {value!r})" for key, value in built.items() if value != asked[key]]
     if "vocab_size" in saved and saved["vocab_size"] != hparams.get("vocab_size"):
         differ.append(
             f"a vocabulary of {hparams.get('vocab_size')} tokens (the checkpoint has {saved['vocab_size']}: "

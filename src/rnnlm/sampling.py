@@ -19,7 +19,7 @@ from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.evaluation import score_ids
 from rnnlm.files import disk_error, streamed, write_text
 from rnnlm.generation.decoding import DecodeSettings, generate
-from rnnlm.generation.prompt import check_known, encode_prompt
+from rnnlm.generation.prompt import check_known, encode_prompt, encode_stop
 from rnnlm.generation.stats import sample_statistics
 from rnnlm.options import SAMPLE_OPTIONS, check_numbers, existing_file
 from rnnlm.runtime import keep_freed_memory
@@ -82,9 +82,7 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
         raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
     prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
     ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace"))
-    if cfg.get("stop"):
-        check_known(tokenizer, cfg.stop, f"stop={cfg.stop!r}", "error")  # an unknown piece could never match
-    stop = [int(i) for i in tokenizer.encode(cfg.stop)] if cfg.get("stop") else []
+    stop = encode_stop(tokenizer, cfg.stop) if cfg.get("stop") else []
     keep = cfg.get("keep_tokens")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ConfigError(f"keep_tokens={keep!r}; it must be an integer >= 1 (tokens per sample kept in memory) or null")

@@ -198,6 +198,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--large", type=float, metavar="GB", nargs="?", const=5.0,
                         help="only this: write a corpus of GB gigabytes (default 5), prepare it, train 50 steps on it")
     parser.add_argument("--large-dir", help="where --large and --ddp write their corpora and caches (default: the temp dir)")
+    parser.add_argument("--vocab", action="store_true",
+                        help="only this: training tokens/s of a 30k-word model with a full and an adaptive softmax, "
+                             "and 1-stream sampling speed of char, BPE and word models")
     parser.add_argument("--ddp", type=float, metavar="GB", nargs="?", const=1.0,
                         help="only this: each rank's anonymous memory in 2-rank CPU DDP runs of train.py "
                              "on a 1 MB and a GB corpus (default 1), prepared first")
@@ -213,6 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _rounded({"plan": "large", "machine": machine_info(),
                            **measure_large(plan, corpus_text(plan), args.large, args.large_dir)})
         print("\n".join(f"{k:<32}{v}" for k, v in result.items() if k != "machine"))
+    elif args.vocab:
+        from rnnlm.bench.vocabularies import format_vocabularies, measure_vocabularies
+
+        plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "default"]
+        tuned = keep_freed_memory()  # as train.py and sample.py run: no page faults for the big logits
+        result = _rounded({"plan": f"vocab-{plan.name}", "machine": machine_info(), "malloc_tuning_on": tuned,
+                           **measure_vocabularies(plan, corpus_text(plan), 3 if plan.name == "quick" else plan.timed_steps // 3)})
+        print(format_vocabularies(result))
     elif args.ddp:
         from rnnlm.bench.ddp import measure_ddp_memory
 

@@ -241,7 +241,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self.tokenizer = prepared.tokenizer
         self.cache_entry = prepared.directory
         ids = torch.from_numpy(prepared.ids)
-        bounds = [0, *prepared.split_tokens, len(ids)]  # cut at the same characters for every tokenizer
+        bounds = [0, *prepared.split_starts, len(ids)]  # cut at the same characters for every tokenizer
         regions = {split: (bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
         if self.calibration:
             # The start of the train region, never trained on: where the logit scale is fitted

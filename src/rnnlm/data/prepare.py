@@ -86,7 +86,7 @@ class PreparedCorpus:
     reused: bool
     # Where the val and test splits start in ``ids``: each split is encoded on its own from
     # the same characters whatever the tokenizer, so char, word and BPE models score one text.
-    split_tokens: tuple[int, int]
+    split_starts: tuple[int, int]
 
     def unknown_in(self, start: int, stop: int) -> int:
         """``<unk>`` tokens among ``ids[start:stop]``: whole blocks from the counts, the ends counted."""
@@ -164,7 +164,8 @@ def _complete(directory: Path) -> bool:
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
         size = (directory / TOKENS).stat().st_size
-        return (meta.get("format") == FORMAT and size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
+        return (meta.get("format") == FORMAT and "split_starts" in meta
+                and size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
                 and (directory / UNK_BLOCKS).is_file())
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -177,7 +178,7 @@ def load(directory: Path) -> PreparedCorpus:
     # Copy-on-write map: reading costs page cache only, and torch gets a writable array.
     ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(meta["tokens"],))
     return PreparedCorpus(Tokenizer.from_dict(meta["tokenizer"]), ids, meta["facts"], np.load(directory / UNK_BLOCKS),
-                          directory, reused=True, split_tokens=tuple(meta["split_tokens"]))
+                          directory, reused=True, split_starts=tuple(meta["split_starts"]))
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -253,13 +254,13 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     encoding = StreamFacts()
     pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: dict[int, int] = {}
-    count, parts, split_tokens = 0, [], []
+    count, parts, split_starts = 0, [], []
     cutter = _CharCutter(pieces)
     segments = (cutter.take(char_bounds[0]), cutter.take(char_bounds[1] - char_bounds[0]), cutter.take(None))
     with (directory / TOKENS).open("wb") if directory is not None else contextlib.nullcontext() as out:
         for index, segment in enumerate(segments):
             if index:
-                split_tokens.append(count)  # where the val (then test) split starts
+                split_starts.append(count)  # where the val (then test) split starts
             for ids in tokenizer.encode_stream(segment):
                 unknown = np.flatnonzero(ids == 0)
                 if len(unknown):
@@ -282,14 +283,14 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     facts = {"documents": encoding.documents, "replaced_bytes": encoding.replaced_bytes, "chars": encoding.chars}
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
-        return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False, split_tokens=tuple(split_tokens))
+        return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False, split_starts=tuple(split_starts))
     buffer = io.BytesIO()
     np.save(buffer, blocks)
     _write_synced(directory / UNK_BLOCKS, buffer.getvalue())
     meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
-                            "tokens": count, "split_tokens": split_tokens, "facts": facts, "settings": asdict(settings),
+                            "tokens": count, "split_starts": split_starts, "facts": facts, "settings": asdict(settings),
                             "sources": [s.identity() for s in sources]}
     _write_synced(directory / META, json.dumps(meta).encode())  # last: with the sizes, it marks the entry complete
     fsync_dir(directory)
     return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False,
-                          split_tokens=tuple(split_tokens))
+                          split_starts=tuple(split_starts))

@@ -93,6 +93,25 @@ class Tokenizer:
         """The ids of ``"".join(pieces)``, part by part, whatever the pieces' boundaries."""
         raise NotImplementedError
 
+    def encode_context(self, text: str) -> np.ndarray:
+        """The ids of ``text`` as it reads with more text after it (a prompt, a stop string).
+
+        Where whitespace joins the word after it, text that ends in whitespace encodes
+        differently from the same text mid-corpus: "\\n\\n" alone is one token, before a word
+        "\\n", "\\n". The trailing whitespace is encoded as if a word followed (that word
+        dropped, and a space it took encoded on its own), so the ids are those training saw.
+        """
+        body = text.rstrip()
+        tail = text[len(body) :]
+        if not tail:
+            return self.encode(text)
+        probe = self.encode(tail + "x").tolist()
+        while probe and not tail.startswith(self.decode(probe)):
+            probe.pop()
+        rest = tail[len(self.decode(probe)) :]
+        parts = [self.encode(body), np.array(probe, dtype=self.dtype), self.encode(rest)]
+        return np.concatenate(parts).astype(self.dtype, copy=False)
+
     @classmethod
     def fit(cls, text: str, max_vocab: int | None = None, min_freq: int = 1) -> Tokenizer:
         return cls.fit_stream([text], max_vocab, min_freq)

@@ -37,10 +37,12 @@ class PackedAdaptive:
     log-probability of that cluster."""
 
     def __init__(self, adaptive: nn.AdaptiveLogSoftmaxWithLoss, scale: torch.Tensor, batch_hint: int):
+        # addmm, not oneDNN: for these narrow matrices oneDNN's per-call cost outweighs its
+        # packing (one stream, 30k words: 121 us per step against 317 us, docs/tokenizers.md).
         head = adaptive.head
-        self.head = PackedLinear(head.weight, head.bias, batch_hint)
-        self.tails = [(PackedLinear(project.weight, None, batch_hint), PackedLinear(classes.weight, None, batch_hint))
-                      for project, classes in adaptive.tail]
+        self.head = PackedLinear(head.weight, head.bias, batch_hint, onednn=False)
+        self.tails = [(PackedLinear(project.weight, None, batch_hint, onednn=False),
+                       PackedLinear(classes.weight, None, batch_hint, onednn=False)) for project, classes in adaptive.tail]
         self.bounds = [0, *adaptive.cutoffs]  # cutoffs end with the vocabulary size
         self.shortlist, self.vocab_size, self.scale = adaptive.shortlist_size, adaptive.n_classes, scale.detach()
 

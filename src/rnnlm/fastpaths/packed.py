@@ -28,14 +28,15 @@ class PackedLinear:
     """``y = x @ weight.T + bias`` with the weight arranged once for repeated small batches.
 
     ``batch_hint`` is the number of rows the calls will usually have (oneDNN picks its
-    blocking for it); any number works. ``bias=None`` means no bias.
+    blocking for it); any number works. ``bias=None`` means no bias; ``onednn=False`` takes
+    ``addmm`` even where oneDNN is usable.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int, onednn: bool = True):
         weight = weight.detach()
         self.bias = bias.detach().contiguous() if bias is not None else None
         self.packed: torch.Tensor | None = None
-        if onednn_usable(weight):
+        if onednn and onednn_usable(weight):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_hint)
                 self(weight.new_zeros(1, weight.size(1)))  # refuse now, not mid-loop

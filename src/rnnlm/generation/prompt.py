@@ -26,10 +26,22 @@ def check_known(tokenizer: Tokenizer, text: str, what: str = "the prompt", unkno
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "replace") -> list[int]:
-    """Ids of ``prompt`` (see :func:`check_known`); an empty prompt starts from the
-    document separator."""
+    """Ids of ``prompt`` (see :func:`check_known`) as :meth:`Tokenizer.encode_context` reads
+    it; an empty prompt starts from the document separator."""
     if not prompt:
-        ids = [int(i) for i in tokenizer.encode(tokenizer.start) if i != 0]
+        ids = [int(i) for i in tokenizer.encode_context(tokenizer.start) if i != 0]
         return ids or [1 if len(tokenizer) > 1 else 0]
     check_known(tokenizer, prompt, "the prompt", unknown)
-    return [int(i) for i in tokenizer.encode(prompt)]
+    return [int(i) for i in tokenizer.encode_context(prompt)]
+
+
+def encode_stop(tokenizer: Tokenizer, stop: str) -> list[int]:
+    """Ids of a stop string as it appears mid-text; a :class:`ConfigError` when a piece of it
+    is not in the vocabulary (the model could never produce it)."""
+    ids = [int(i) for i in tokenizer.encode_context(stop)]
+    if 0 in ids:
+        missing = tokenizer.unknown(stop) or [stop]
+        shown = ", ".join(repr(m) for m in missing[:20])
+        raise ConfigError(f"stop={stop!r} has {len(missing)} {tokenizer.kind}(s) not in the checkpoint's vocabulary: "
+                          f"{shown}; choose a stop string made of text the model was trained on")
+    return ids

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, MinMetric
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import ConfigError
 from rnnlm.evaluation import score_totals
-from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, resolve_output
+from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, max_tails, resolve_output
 from rnnlm.models.rnn import RNNLM
 
 NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, cell, hidden_size, ...
@@ -66,7 +66,8 @@ class LanguageModel(pl.LightningModule):
         network["output"] = resolve_output(network["output"], vocab_size, adaptive_above)
         counts = token_counts() if network["output"] == "adaptive" and token_counts is not None else None
         if network["output"] == "adaptive" and network["adaptive_cutoffs"] is None:
-            network["adaptive_cutoffs"] = auto_cutoffs(vocab_size, counts)
+            tails = max_tails(network["hidden_size"], network["adaptive_div_value"])
+            network["adaptive_cutoffs"] = auto_cutoffs(vocab_size, counts, tails)
         # Lightning stores ``network`` flat beside the others: the checkpoint's hyper-parameters
         # are plain data and name each architecture setting as model.<name>.
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "token_counts"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -10,7 +12,8 @@ from torch import nn
 
 from rnnlm import fastpaths
 from rnnlm.errors import ConfigError
-from rnnlm.models.output import auto_cutoffs, check_cutoffs, resolve_output
+from rnnlm.evaluation import logit_scores
+from rnnlm.models.output import auto_cutoffs, check_cutoffs, max_tails, resolve_output
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -112,7 +115,13 @@ class RNNLM(nn.Module):
             if isinstance(adaptive_div_value, bool) or not isinstance(adaptive_div_value, (int, float)) or not adaptive_div_value >= 1:
                 raise ConfigError(f"model.adaptive_div_value={adaptive_div_value!r}; it must be a number >= 1 (each "
                                   "tail cluster's projection is this many times narrower than the one before)")
-            cutoffs = check_cutoffs(auto_cutoffs(vocab_size) if adaptive_cutoffs is None else adaptive_cutoffs, vocab_size)
+            tails = max_tails(hidden_size, adaptive_div_value)
+            cutoffs = check_cutoffs(auto_cutoffs(vocab_size, None, tails) if adaptive_cutoffs is None else adaptive_cutoffs,
+                                    vocab_size)
+            if len(cutoffs) > tails:
+                raise ConfigError(f"model.adaptive_cutoffs={cutoffs} makes {len(cutoffs)} tail clusters, but with "
+                                  f"model.hidden_size={hidden_size} and model.adaptive_div_value={adaptive_div_value} only "
+                                  f"{tails} get a projection at least one unit wide; give at most {tails} cutoffs")
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs,
                                                           div_value=float(adaptive_div_value), head_bias=True)
         else:
@@ -144,8 +153,18 @@ class RNNLM(nn.Module):
         if self.adaptive is None:
             logits = self.decoder(hidden)
         else:
-            logits = self.adaptive.log_prob(hidden.reshape(-1, self.hidden_size)).view(*hidden.shape[:-1], -1)
+            with self._full_precision(hidden) as flat:
+                logits = self.adaptive.log_prob(flat).view(*hidden.shape[:-1], -1)
         return (logits if self.training else logits * self.logit_scale), state
+
+    @contextlib.contextmanager
+    def _full_precision(self, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``hidden`` flattened to [tokens, hidden] in fp32, autocast off: the adaptive softmax
+        writes its log-probabilities into a tensor of its input's type, which under bf16
+        autocast would hold them in bf16 (CPU) or clash with fp32 ones (CUDA). Its matrices
+        are small, so fp32 costs little."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            yield hidden.reshape(-1, self.hidden_size).float()
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Mean cross-entropy (nats per token) of ``targets`` and the new state: training's
@@ -155,7 +174,8 @@ class RNNLM(nn.Module):
         flat_targets = targets.reshape(-1)
         if self.adaptive is None:
             return F.cross_entropy(self.decoder(hidden).reshape(-1, self.vocab_size), flat_targets), state
-        return self.adaptive(hidden.reshape(-1, self.hidden_size), flat_targets).loss, state
+        with self._full_precision(hidden) as flat:
+            return self.adaptive(flat, flat_targets).loss, state
 
     def target_scores(self, tokens: torch.Tensor, targets: torch.Tensor,
                       state: State | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:
@@ -165,12 +185,12 @@ class RNNLM(nn.Module):
         the whole vocabulary (a scaled one must renormalise over it)."""
         if self.adaptive is None or self.training or float(self.logit_scale) != 1.0:
             logits, state = self(tokens, state)
-            log_probs = logits.float().log_softmax(-1)
-            return log_probs.gather(-1, targets[..., None]).squeeze(-1), logits.argmax(-1) == targets, state
+            return (*logit_scores(logits, targets), state)
         hidden, state = self.features(tokens, state)
-        flat, flat_targets = hidden.reshape(-1, self.hidden_size), targets.reshape(-1)
-        log_probs = self.adaptive(flat, flat_targets).output.float()
-        hits = self.adaptive.predict(flat) == flat_targets
+        flat_targets = targets.reshape(-1)
+        with self._full_precision(hidden) as flat:
+            log_probs = self.adaptive(flat, flat_targets).output
+            hits = self.adaptive.predict(flat) == flat_targets
         return log_probs.view_as(targets), hits.view_as(targets), state
 
     def output_macs(self, cluster_shares: list[float] | None = None) -> float:
