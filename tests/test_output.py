@@ -88,3 +88,24 @@ def test_adaptive_target_scores_equal_the_full_log_probabilities(scale):
     torch.testing.assert_close(log_probs, full.gather(-1, targets[..., None]).squeeze(-1), atol=1e-5, rtol=0)
     assert torch.equal(hits, logits.argmax(-1) == targets)
     torch.testing.assert_close(state[0], reference_state[0])
+
+
+def test_the_adaptive_layer_keeps_fp32_under_bf16_autocast_and_uses_every_unit_it_can():
+    """Mixed precision: the LSTM may run in bf16, the adaptive softmax's log-probabilities and
+    loss stay fp32 and equal the fp32 computation from the same hidden states."""
+    from rnnlm.models.output import max_tails
+
+    torch.manual_seed(2)
+    net = RNNLM(120, "rnn", hidden_size=16, num_layers=1, embedding_dim=4, output="adaptive", adaptive_cutoffs=[10, 40])
+    tokens, targets = torch.randint(0, 120, (2, 6)), torch.randint(0, 120, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = net.loss(tokens, targets)
+        log_probs, _ = net(tokens)
+        hidden, _ = net.features(tokens)
+    assert loss.dtype == log_probs.dtype == torch.float32
+    reference = net.adaptive(hidden.float().reshape(-1, 16), targets.reshape(-1)).loss
+    torch.testing.assert_close(loss, reference)
+    assert max_tails(1024, 4.0) == 5 and max_tails(3, 4.0) == 0  # 1024 // 4**5 = 1 unit
+    assert len(RNNLM(30_000, hidden_size=1024, output="adaptive", adaptive_cutoffs=[50, 200, 800, 3000]).adaptive.tail) == 4
+    with pytest.raises(ConfigError, match="model.hidden_size=3 is below model.adaptive_div_value=4.0"):
+        RNNLM(100, hidden_size=3, output="adaptive")

@@ -45,7 +45,7 @@ def test_word_tokens_keep_their_spaces_and_the_default_vocabulary_is_capped():
     text = "To be, or not to be: that is the question.\n" * 3
     tok = WordTokenizer.fit(text)
     assert tok.decode(tok.encode(text)) == text and " question" in tok.vocab
-    assert len(tok.encode(text)) == 3 * 14  # 10 words, 3 marks, a newline; the old split's 9 spaces made 23
+    assert len(tok.encode(text)) == 3 * 14  # 10 words, 3 marks, a newline; LEGACY_WORD_PATTERN makes 23
     from rnnlm.data import tokenizers
 
     many = " ".join(f"w{i}" for i in range(tokenizers.DEFAULT_MAX_VOCAB + 50))

@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -254,7 +255,7 @@ def load_facts(paths: Sequence[Path]) -> dict[str, Any]:
                         rates.append(rate)
         except Exception:  # a broken file should not stop the report
             continue
-    tokens_per_s = float(sorted(rates)[len(rates) // 2]) if rates else None
+    tokens_per_s = float(statistics.median(rates)) if rates else None
     chars, tokens = _as_float(hparams.get("data/chars")), _as_float(hparams.get("data/tokens"))
     return {"vocab": hparams.get("data/vocab_size"), "params": hparams.get("model/params_total"),
             "tokens/s": tokens_per_s,

@@ -99,7 +99,8 @@ class Tokenizer:
         Where whitespace joins the word after it, text that ends in whitespace encodes
         differently from the same text mid-corpus: "\\n\\n" alone is one token, before a word
         "\\n", "\\n". The trailing whitespace is encoded as if a word followed (that word
-        dropped, and a space it took encoded on its own), so the ids are those training saw.
+        dropped), so the ids are those training saw; a single trailing space, which a word
+        would have taken, stays a token of its own (rare in training: end prompts without it).
         """
         body = text.rstrip()
         tail = text[len(body) :]

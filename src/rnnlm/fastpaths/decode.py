@@ -38,7 +38,7 @@ class PackedAdaptive:
 
     def __init__(self, adaptive: nn.AdaptiveLogSoftmaxWithLoss, scale: torch.Tensor, batch_hint: int):
         # addmm, not oneDNN: for these narrow matrices oneDNN's per-call cost outweighs its
-        # packing (one stream, 30k words: 121 us per step against 317 us, docs/tokenizers.md).
+        # packing (docs/tokenizers.md has the measurement).
         head = adaptive.head
         self.head = PackedLinear(head.weight, head.bias, batch_hint, onednn=False)
         self.tails = [(PackedLinear(project.weight, None, batch_hint, onednn=False),

@@ -31,7 +31,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "repl
     if not prompt:
         ids = [int(i) for i in tokenizer.encode_context(tokenizer.start) if i != 0]
         return ids or [1 if len(tokenizer) > 1 else 0]
-    check_known(tokenizer, prompt, "the prompt", unknown)
+    check_known(tokenizer, prompt.rstrip() or prompt, "the prompt", unknown)  # the tail is encoded as context
     return [int(i) for i in tokenizer.encode_context(prompt)]
 
 

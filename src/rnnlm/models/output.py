@@ -35,7 +35,7 @@ def max_tails(hidden_size: int, div_value: float) -> int:
     """Tail clusters whose projection is at least one unit wide: cluster ``i`` (from 1) gets
     ``hidden_size // div_value ** i`` units, as ``AdaptiveLogSoftmaxWithLoss`` builds it."""
     tails = 0
-    while int(hidden_size // (div_value ** (tails + 1))) >= 1 and tails < len(COVERAGE):
+    while int(hidden_size // (div_value ** (tails + 1))) >= 1:
         tails += 1
     return tails
 

@@ -116,6 +116,10 @@ class RNNLM(nn.Module):
                 raise ConfigError(f"model.adaptive_div_value={adaptive_div_value!r}; it must be a number >= 1 (each "
                                   "tail cluster's projection is this many times narrower than the one before)")
             tails = max_tails(hidden_size, adaptive_div_value)
+            if tails == 0:
+                raise ConfigError(f"model.hidden_size={hidden_size} is below model.adaptive_div_value={adaptive_div_value}: "
+                                  "no tail cluster of an adaptive softmax would get a unit; use model.output=softmax, "
+                                  "a wider model or a smaller adaptive_div_value")
             cutoffs = check_cutoffs(auto_cutoffs(vocab_size, None, tails) if adaptive_cutoffs is None else adaptive_cutoffs,
                                     vocab_size)
             if len(cutoffs) > tails:
@@ -159,12 +163,12 @@ class RNNLM(nn.Module):
 
     @contextlib.contextmanager
     def _full_precision(self, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
-        """``hidden`` flattened to [tokens, hidden] in fp32, autocast off: the adaptive softmax
-        writes its log-probabilities into a tensor of its input's type, which under bf16
-        autocast would hold them in bf16 (CPU) or clash with fp32 ones (CUDA). Its matrices
-        are small, so fp32 costs little."""
+        """``hidden`` flattened to [tokens, hidden] in its weights' type (fp32 under mixed
+        precision), autocast off: the adaptive softmax writes its log-probabilities into a
+        tensor of its input's type, which under bf16 autocast would hold them in bf16 (CPU)
+        or clash with fp32 ones (CUDA). Its matrices are small, so fp32 costs little."""
         with torch.autocast(hidden.device.type, enabled=False):
-            yield hidden.reshape(-1, self.hidden_size).float()
+            yield hidden.reshape(-1, self.hidden_size).to(self.adaptive.head.weight.dtype)
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Mean cross-entropy (nats per token) of ``targets`` and the new state: training's
