@@ -189,3 +189,26 @@ def test_resuming_a_checkpoint_from_before_the_adaptive_softmax_names_the_output
     with pytest.raises(RnnlmError, match=r"model.output='adaptive' \(the checkpoint has 'softmax'\)") as info:
         check_architecture(tmp_path / "x.ckpt", saved, {**asked, "output": "adaptive", "adaptive_cutoffs": [10, 100]})
     assert "\n" not in str(info.value)
+
+
+def test_ctrl_c_during_a_checkpoint_write_takes_effect_once_it_is_written(tmp_path):
+    """SIGINT inside torch.save would break its zip writer, whose clean-up then raises a
+    RuntimeError instead of the KeyboardInterrupt: the write finishes first."""
+    import os
+    import signal
+
+    from rnnlm.checkpoint_io import AtomicCheckpointIO
+
+    class Interrupting(dict):
+        def __reduce_ex__(self, protocol):  # runs inside torch.save's pickling
+            os.kill(os.getpid(), signal.SIGINT)
+            return dict, (dict(self),)
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever the suite inherited
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            AtomicCheckpointIO().save_checkpoint({"state": Interrupting(a=torch.ones(3))}, tmp_path / "x.ckpt")
+        assert torch.load(tmp_path / "x.ckpt", weights_only=False)["state"]["a"].tolist() == [1, 1, 1]  # our own file
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

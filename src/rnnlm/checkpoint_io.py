@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         kept = "the checkpoints written before it are intact"
         if path.parent.name == "checkpoints":
             kept += f" (resume with resume_dir={path.parent.parent} once there is space)"
-        write_with(path, lambda handle: torch.save(checkpoint, handle), kept=kept)
+        with sigint_deferred():
+            write_with(path, lambda handle: torch.save(checkpoint, handle), kept=kept)
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) during the block takes effect when the block ends.
+
+    ``KeyboardInterrupt`` raised inside ``torch.save`` leaves its zip writer mid-file, and the
+    writer's clean-up then raises a ``RuntimeError`` in the interrupt's place: the run would
+    exit 1 with a traceback instead of saving ``last-interrupted.ckpt`` and exiting 130.
+    Only the main thread receives signals; elsewhere, or when SIGINT is ignored or left to the
+    operating system, the block runs as it is."""
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(handler):
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    if received:
+        handler(*received[0])  # Python's default handler raises KeyboardInterrupt here
 
 
 def remove_partial_files(directory: Path) -> list[Path]:
