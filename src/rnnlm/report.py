@@ -267,6 +267,7 @@ def load_run(run_dir: Path, root: Path) -> Run:
     cfg = load_config(run_dir / ".hydra" / "config.yaml")
     overrides = load_overrides(run_dir / ".hydra" / "overrides.yaml")
     metrics, status = load_metrics(run_dir / "metrics.json")
+    csvs = find_metrics_csvs(run_dir)
     name = run_dir.relative_to(root).as_posix() if run_dir != root else run_dir.name
     return Run(
         name=name or str(run_dir),
@@ -276,8 +277,8 @@ def load_run(run_dir: Path, root: Path) -> Run:
         override_values=override_values(overrides, cfg),
         metrics=metrics,
         status=status,
-        curve=load_curve(find_metrics_csvs(run_dir)),
-        facts=load_facts(find_metrics_csvs(run_dir)),
+        curve=load_curve(csvs),
+        facts=load_facts(csvs),
     )
 
 

@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "default"]
         tuned = keep_freed_memory()  # as train.py and sample.py run: no page faults for the big logits
         result = _rounded({"plan": f"vocab-{plan.name}", "machine": machine_info(), "malloc_tuning_on": tuned,
-                           **measure_vocabularies(plan, corpus_text(plan), 3 if plan.name == "quick" else plan.timed_steps // 3)})
+                           **measure_vocabularies(plan, corpus_text(plan), max(2, plan.timed_steps // 3))})
         print(format_vocabularies(result))
     elif args.ddp:
         from rnnlm.bench.ddp import measure_ddp_memory

@@ -254,15 +254,26 @@ def stream_corpus(sources: list[Source], separator: str = "\n\n", encoding_error
         facts.documents += 1
 
 
-def take_chars(pieces: Iterable[str], limit: int) -> Iterator[str]:
-    """The first ``limit`` characters of a stream of pieces."""
-    if limit <= 0:
-        return
-    for piece in pieces:
-        yield piece[:limit]
-        limit -= len(piece)
-        if limit <= 0:
-            return
+class CharCutter:
+    """Consecutive runs of characters taken from one stream of pieces (the train split, then
+    the next ones), each piece read once."""
+
+    def __init__(self, pieces: Iterable[str]):
+        self._pieces, self._rest = iter(pieces), ""
+
+    def take(self, limit: int | None) -> Iterator[str]:
+        """The next ``limit`` characters (``None``: all that is left), piece by piece; a piece
+        that runs past the limit is cut and its rest starts the next run."""
+        while limit is None or limit > 0:
+            piece = self._rest or next(self._pieces, None)
+            self._rest = ""
+            if piece is None:
+                return
+            if limit is not None:
+                if len(piece) > limit:
+                    piece, self._rest = piece[:limit], piece[limit:]
+                limit -= len(piece)
+            yield piece
 
 
 def file_bytes(sources: list[Source]) -> int:

@@ -37,6 +37,7 @@ import numpy as np
 from rnnlm.data import corpus as _corpus
 from rnnlm.data import tokenizers as _tokenizers
 from rnnlm.data.corpus import (
+    CharCutter,
     Source,
     StreamFacts,
     corpus_sources,
@@ -44,7 +45,6 @@ from rnnlm.data.corpus import (
     empty_corpus,
     file_bytes,
     stream_corpus,
-    take_chars,
 )
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
 from rnnlm.errors import ConfigError, CorpusError
@@ -203,27 +203,6 @@ def _progress(sources: list[Source], label: str, facts: StreamFacts, pieces: Ite
         bar.update(total - bar.n)
 
 
-class _CharCutter:
-    """Consecutive runs of characters taken from one stream of pieces."""
-
-    def __init__(self, pieces: Iterable[str]):
-        self._pieces, self._rest = iter(pieces), ""
-
-    def take(self, limit: int | None) -> Iterator[str]:
-        """The next ``limit`` characters (``None``: all that is left), piece by piece; a piece
-        that runs past the limit is cut and its rest starts the next run."""
-        while limit is None or limit > 0:
-            piece = self._rest or next(self._pieces, None)
-            self._rest = ""
-            if piece is None:
-                return
-            if limit is not None:
-                if len(piece) > limit:
-                    piece, self._rest = piece[:limit], piece[limit:]
-                limit -= len(piece)
-            yield piece
-
-
 def _any_text(sources: list[Source], settings: CorpusSettings) -> bool:
     """Whether the corpus holds a character besides whitespace (read only when the train split has none)."""
     facts = StreamFacts()
@@ -237,7 +216,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     char_bounds = (int(total_chars * settings.train_fraction),
                    int(total_chars * (settings.train_fraction + settings.val_fraction)))
     fitting = StreamFacts()
-    train_text = take_chars(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting), char_bounds[0])
+    train_text = CharCutter(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting)).take(char_bounds[0])
     size = settings.vocab_size if settings.tokenizer == "bpe" else settings.max_vocab
     tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "1/2 vocabulary", fitting, train_text),
                                                           size, settings.min_freq)
@@ -255,7 +234,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: dict[int, int] = {}
     count, parts, split_starts = 0, [], []
-    cutter = _CharCutter(pieces)
+    cutter = CharCutter(pieces)
     segments = (cutter.take(char_bounds[0]), cutter.take(char_bounds[1] - char_bounds[0]), cutter.take(None))
     with (directory / TOKENS).open("wb") if directory is not None else contextlib.nullcontext() as out:
         for index, segment in enumerate(segments):
