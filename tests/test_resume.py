@@ -59,15 +59,17 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig)
     # Enough steps that the signal lands mid-run, few enough that a child that ignored it ends on its own.
     args = [*(o for o in RESUME if not o.startswith("+")), "+trainer.limit_test_batches=4", f"data.path={corpus_file}",
             f"trainer.max_steps={KILL_RUN_STEPS}", "trainer.val_check_interval=1000", "logger=csv", f"hydra.run.dir={out}"]
-    with started([sys.executable, str(ROOT / "train.py"), *args], tmp_path,
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    log = tmp_path / "output.log"  # a file, not a pipe: an unread pipe that fills would stall the child's writes
+    with log.open("w") as sink, started([sys.executable, str(ROOT / "train.py"), *args], tmp_path,
+                                        stdout=sink, stderr=subprocess.STDOUT) as proc:
         deadline = time.monotonic() + 120
         while not list((out / "checkpoints").glob("last-step*.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(0.5)
         assert proc.poll() is None, "the run ended before the signal: raise KILL_RUN_STEPS"
         proc.send_signal(sig)
-        output, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+    output = log.read_text()
     ckpts = {p.name for p in (out / "checkpoints").glob("last*.ckpt")}
     assert ckpts, output[-2000:]
     newest_step = max(int(p.stem[len("last-step"):]) for p in (out / "checkpoints").glob("last-step*.ckpt"))
