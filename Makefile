@@ -1,11 +1,11 @@
-# make train [ARGS="hydra overrides"] | make sample [ARGS=...] | make test | make lint | make bench
+# make train [ARGS="hydra overrides"] | make sample [ARGS=...] | make play [ARGS=...] | make test | make lint | make bench
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 TORCH_INDEX ?= # e.g. https://download.pytorch.org/whl/cpu where the default index would give a CUDA build
 
-.PHONY: env train sample test lint bench clean
+.PHONY: env train sample play test lint bench clean
 
 env: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ train: env
 
 sample: env
 	$(BIN)/python sample.py $(ARGS)
+
+play: env
+	$(BIN)/python sample.py mode=serve $(ARGS)
 
 test: env
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -11,6 +11,10 @@ from rnnlm.overrides import quote_argv
 def main(cfg: DictConfig) -> float | None:
     # Imported here: torch and Lightning take seconds to load, and a bad run dir or option
     # (checked by Hydra's callbacks first) should fail at once.
+    if cfg.get("mode") == "serve":
+        from rnnlm.playground.server import report, serve
+
+        return run_task(cfg, serve, report)
     from rnnlm.sampling import report, sample
 
     return run_task(cfg, sample, report)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -101,3 +105,41 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=120", "trainer.val_check_interval=40"], out)
     metrics, objects = train(cfg)
     return {"metrics": metrics, "objects": objects, "dir": out}
+
+
+@contextlib.contextmanager
+def running_playground(root: Path, *overrides: str) -> Iterator[tuple[str, Any]]:
+    """The playground app serving ``root``'s checkpoints on a free local port, in a thread of
+    this process; stopped (and its thread joined) when the block exits."""
+    import uvicorn
+
+    from rnnlm.playground.catalogue import Catalogue
+    from rnnlm.playground.server import app_for, bind, url_of
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    app = app_for(cfg, Catalogue(root))
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="playground-test-server")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the playground server did not start")
+            time.sleep(0.02)
+        yield url_of(sock), app.state.playground
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def playground(trained: dict) -> Iterator[tuple[str, Any]]:
+    """(URL, Playground) of a server offering the tiny run's checkpoints."""
+    with running_playground(trained["dir"]) as served:
+        yield served

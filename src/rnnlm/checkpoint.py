@@ -68,9 +68,10 @@ def newest_loadable(root: str | Path, option: str = "ckpt", hint: str = TRAIN_HI
     raise CheckpointError(f"{option}: {root}/ holds {found}; {hint}")
 
 
-def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = None) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = None, mmap: bool = False) -> dict[str, Any]:
     """``torch.load(weights_only=True)``: tensors and plain data only, nothing executes.
-    ``hint`` (what to do) defaults to advice for sample.py."""
+    ``hint`` (what to do) defaults to advice for sample.py; ``mmap`` maps the tensors
+    instead of reading them (to look at a checkpoint's plain data)."""
     other = hint or OTHER_HINT
     hint = hint or TRAIN_HINT
     path = Path(path).expanduser()
@@ -79,7 +80,7 @@ def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = N
     if path.is_dir():
         raise CheckpointError(f"{option}={path} is a directory; pass a .ckpt file in it, or its run dir to sample.py", "a directory")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if unsafe is None:  # torch reports garbage through the same exception

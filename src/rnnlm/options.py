@@ -167,6 +167,7 @@ SAMPLE_OPTIONS: dict[str, Number] = {
     "beam_width": COUNT,
     "length_penalty": Number(),
     "keep_tokens": OPTIONAL_COUNT,
+    "port": Number(integer=True, low=0, high=65535),
 }
 
 SKIPPED_GROUPS = ("hydra", "logger")  # Hydra's own settings; loggers take no numbers we use

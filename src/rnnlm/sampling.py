@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.checkpoint import TRAIN_HINT, LoadedModel, load_model
+from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.evaluation import score_ids
 from rnnlm.files import disk_error, streamed, write_text
@@ -54,14 +56,23 @@ def load(cfg: DictConfig) -> LoadedModel:
     return loaded
 
 
+def text_ids(loaded: LoadedModel, text: str, unknown: str = "replace") -> torch.Tensor:
+    """The ids of a text to score (pieces the vocabulary lacks: see ``check_known``)."""
+    check_known(loaded.tokenizer, text, "the text to score", unknown)
+    return torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
+
+
+def score_text(loaded: LoadedModel, ids: torch.Tensor) -> dict[str, Any]:
+    """What ``mode=score`` reports of a text's ids: loss, perplexity, bits per token and per character."""
+    lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
+    return score_ids(loaded.net, ids, char_lengths=lengths)
+
+
 def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     text = read_text_option(cfg, "text", "text_file")
     if not text:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
-    check_known(loaded.tokenizer, text, "the text to score", cfg.get("unknown", "replace"))
-    ids = torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
-    lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
-    return score_ids(loaded.net, ids, char_lengths=lengths)
+    return score_text(loaded, text_ids(loaded, text, cfg.get("unknown", "replace")))
 
 
 def settings_from(cfg: DictConfig) -> DecodeSettings:
@@ -71,18 +82,39 @@ def settings_from(cfg: DictConfig) -> DecodeSettings:
     )
 
 
-def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
-    tokenizer = loaded.tokenizer
+@dataclass
+class DecodePlan:
+    """A generation's checked settings, its prompt and the ids it primes with."""
+
+    settings: DecodeSettings
+    length: int
+    prompt: str
+    ids: list[int]
+    stop: list[int]
+
+    @property
+    def beam(self) -> bool:
+        return self.settings.strategy in ("beam", "stochastic_beam")
+
+
+def decode_plan(cfg: DictConfig, tokenizer: Tokenizer, prompt: str) -> DecodePlan:
+    """Check ``cfg``'s decoding options against the checkpoint's vocabulary; one-line errors."""
     settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
     length = cfg.length
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ConfigError(f"length={length!r}; it must be an integer >= 0 (new tokens per sample)")
-    beam = settings.strategy in ("beam", "stochastic_beam")
-    if beam and length > MAX_BEAM_LENGTH:
+    plan = DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),
+                      encode_stop(tokenizer, cfg.stop) if cfg.get("stop") else [])
+    if plan.beam and length > MAX_BEAM_LENGTH:
         raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
+    return plan
+
+
+def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
+    tokenizer = loaded.tokenizer
     prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
-    ids = encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace"))
-    stop = encode_stop(tokenizer, cfg.stop) if cfg.get("stop") else []
+    plan = decode_plan(cfg, tokenizer, prompt)
+    settings, length, ids, stop, beam = plan.settings, plan.length, plan.ids, plan.stop, plan.beam
     keep = cfg.get("keep_tokens")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ConfigError(f"keep_tokens={keep!r}; it must be an integer >= 1 (tokens per sample kept in memory) or null")
@@ -138,7 +170,7 @@ def sample(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     keep_freed_memory()
     check_numbers(cfg, SAMPLE_OPTIONS)
     if cfg.mode not in ("generate", "score"):
-        raise ConfigError(f"mode={cfg.mode!r}; use 'generate' or 'score'")
+        raise ConfigError(f"mode={cfg.mode!r}; use 'generate', 'score' or 'serve'")
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     loaded = load(cfg)

@@ -87,13 +87,21 @@ def as_float(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-def next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
-    """Pick one token per row: argmax for greedy/T=0, else sample softmax(filtered logits / T)."""
-    if settings.strategy == "greedy" or settings.temperature == 0:
-        return logits.argmax(-1)
+def is_greedy(settings: DecodeSettings) -> bool:
+    return settings.strategy == "greedy" or settings.temperature == 0
+
+
+def sampling_probs(logits: torch.Tensor, settings: DecodeSettings) -> torch.Tensor:
+    """The distribution sampling draws from: softmax(logits / T) within top-k and top-p (fp32)."""
     logits = as_float(logits) if settings.temperature == 1 else as_float(logits) / settings.temperature
-    probs = filter_logits(logits, settings.top_k, settings.top_p).softmax(-1)
-    return sample_one(probs, generator)
+    return filter_logits(logits, settings.top_k, settings.top_p).softmax(-1)
+
+
+def next_tokens(logits: torch.Tensor, settings: DecodeSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row: argmax for greedy/T=0, else sample :func:`sampling_probs`."""
+    if is_greedy(settings):
+        return logits.argmax(-1)
+    return sample_one(sampling_probs(logits, settings), generator)
 
 
 def sample_one(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -128,7 +136,7 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator | 
 
 
 @torch.no_grad()
-def stream(
+def steps(
     net: nn.Module,
     prompt: Sequence[int],
     length: int,
@@ -136,7 +144,8 @@ def stream(
     settings: DecodeSettings | None = None,
     seed: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(tokens [num_samples], nll [num_samples])`` for each new step.
+    """Yield ``(tokens [num_samples], logits [num_samples, V])`` for each new step: the tokens
+    picked and the logits they were picked from (calibrated, before temperature).
 
     Greedy or sampled decoding. Memory does not grow with ``length``: nothing is kept here,
     so a caller can write tokens out as they come.
@@ -152,9 +161,22 @@ def stream(
     step = decoding_step(net, num_samples)
     for _ in range(length):
         tokens = next_tokens(logits, settings, generator)
-        nll = F.cross_entropy(as_float(logits), tokens, reduction="none")
-        yield tokens, nll
+        yield tokens, logits
         logits, state = step(tokens, state)
+
+
+def stream(
+    net: nn.Module,
+    prompt: Sequence[int],
+    length: int,
+    num_samples: int = 1,
+    settings: DecodeSettings | None = None,
+    seed: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(tokens [num_samples], nll [num_samples])`` for each new step (see :func:`steps`);
+    the NLL is the model's, at T=1."""
+    for tokens, logits in steps(net, prompt, length, num_samples, settings, seed):
+        yield tokens, F.cross_entropy(as_float(logits), tokens, reduction="none")
 
 
 def generate(

@@ -21,6 +21,8 @@ NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, ce
 NETWORK_DEFAULTS = {k: p.default for k, p in inspect.signature(RNNLM).parameters.items() if p.default is not p.empty}
 
 CHECKPOINT_FORMAT = "rnnlm/1"
+CHECKPOINT_METRICS = "rnnlm_metrics"
+SAVED_METRICS = ("val/loss", "val/bpc", "val/bpc_stateful")
 LN2 = math.log(2)
 
 
@@ -192,3 +194,7 @@ class LanguageModel(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rnnlm_format"] = CHECKPOINT_FORMAT
+        # The latest validation figures, as plain floats: a list of checkpoints can show them
+        # without the run's logs (rnnlm.playground).
+        metrics = self.trainer.callback_metrics if self._trainer is not None else {}
+        checkpoint[CHECKPOINT_METRICS] = {k: float(metrics[k]) for k in SAVED_METRICS if k in metrics}

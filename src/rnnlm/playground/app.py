@@ -1,0 +1,248 @@
+"""The playground's web app (Starlette): one page, its static files and a JSON API.
+
+Work runs off the event loop: generations each on a thread of their own (at most
+``MAX_GENERATIONS`` at once; more are refused with 503), scoring and the cell view on
+Starlette's thread pool (at most ``MAX_ANALYSES`` at once; more wait their turn). A
+generation streams Server-Sent Events; when its client goes away, it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from rnnlm.errors import ConfigError, RnnlmError
+from rnnlm.options import SAMPLE_OPTIONS, check_numbers
+from rnnlm.playground.catalogue import Catalogue
+from rnnlm.playground.jobs import cell_job, find_job, generation_events, score_job
+from rnnlm.sampling import decode_plan
+
+log = logging.getLogger(__name__)
+PAGE_DIR = Path(__file__).with_name("page")
+
+# Caps: a request past one gets a one-line error saying so (sample.py has none of them).
+MAX_BODY_BYTES = 1 << 20
+MAX_PROMPT_CHARS = 10_000
+MAX_TEXT_CHARS = 20_000
+MAX_LENGTH = 5_000
+MAX_SAMPLES = 8
+MAX_GENERATIONS = 8
+MAX_ANALYSES = 4
+EVENTS_PER_MESSAGE = 256
+# What a generation request may set: sample.py's options of the same names.
+GENERATION_KEYS = ("prompt", "strategy", "temperature", "top_k", "top_p", "length", "seed", "num_samples",
+                   "beam_width", "length_penalty")
+
+
+class Busy(RnnlmError):
+    """Every generation slot is taken: the client should try again (HTTP 503)."""
+
+
+def error_response(err: Exception) -> JSONResponse:
+    if isinstance(err, Busy):
+        return JSONResponse({"error": str(err)}, status_code=503)
+    if isinstance(err, RnnlmError):
+        return JSONResponse({"error": str(err)}, status_code=400)
+    log.exception("request failed")
+    return JSONResponse({"error": f"the server failed on this request ({type(err).__name__}: {err})"}, status_code=500)
+
+
+def handles_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Any error becomes a JSON ``{"error": one line}``: 400 for bad input, 503 busy, 500 ours."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as err:  # the server keeps serving whatever one request did
+            return error_response(err)
+
+    return wrapped
+
+
+async def read_json(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+        raise ConfigError(f"the request is {int(size)} bytes; the playground takes at most {MAX_BODY_BYTES}")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise ConfigError(f"the request is {len(body)} bytes; the playground takes at most {MAX_BODY_BYTES}")
+    try:
+        data = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError("the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ConfigError("the request body must be a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}; the settings are {', '.join(allowed)}")
+    return data
+
+
+def checked_text(data: dict[str, Any], key: str, cap: int, required: bool = True) -> str:
+    text = data.get(key, "")
+    if not isinstance(text, str):
+        raise ConfigError(f"{key} must be text, not {type(text).__name__}")
+    if required and not text:
+        raise ConfigError(f"the {key} is empty: paste or type some text first")
+    if len(text) > cap:
+        raise ConfigError(f"the {key} has {len(text):,} characters; the playground takes at most {cap:,} "
+                          f"(sample.py takes any length)")
+    return text
+
+
+class Playground:
+    """The app's state: the catalogue, the CLI's defaults, the generation threads."""
+
+    def __init__(self, catalogue: Catalogue, defaults: dict[str, Any]):
+        self.catalogue = catalogue
+        self.defaults = {k: defaults.get(k) for k in (*GENERATION_KEYS, "unknown")}
+        self.generations = ThreadPoolExecutor(MAX_GENERATIONS, thread_name_prefix="playground-generate")
+        self.slots = threading.BoundedSemaphore(MAX_GENERATIONS)
+        self.analyses = asyncio.Semaphore(MAX_ANALYSES)
+
+    def default_id(self) -> str | None:
+        entries = self.catalogue.entries()
+        return entries[0].id if entries else None
+
+    async def model(self, data: dict[str, Any]):
+        return await run_in_threadpool(self.catalogue.model, data.get("ckpt") or self.default_id())
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def checkpoints(self, request: Request) -> Response:
+        entries = await run_in_threadpool(self.catalogue.entries)
+        return JSONResponse({"root": str(self.catalogue.root), "checkpoints": [e.public() for e in entries],
+                             "defaults": self.defaults, "limits": {
+                                 "prompt_chars": MAX_PROMPT_CHARS, "text_chars": MAX_TEXT_CHARS, "length": MAX_LENGTH,
+                                 "num_samples": MAX_SAMPLES}})
+
+    async def model_info(self, request: Request) -> Response:
+        data = await read_json(request, ("ckpt",))
+        model = await self.model(data)
+        return JSONResponse(model.info())
+
+    def plan(self, data: dict[str, Any], tokenizer):
+        settings = OmegaConf.create({**self.defaults, **{k: v for k, v in data.items() if k != "ckpt"}})
+        check_numbers(settings, SAMPLE_OPTIONS)
+        if settings.length > MAX_LENGTH:
+            raise ConfigError(f"length={settings.length} is above the playground's cap of {MAX_LENGTH} tokens; "
+                              f"use sample.py length={settings.length} for longer texts")
+        if settings.num_samples > MAX_SAMPLES:
+            raise ConfigError(f"num_samples={settings.num_samples} is above the playground's cap of {MAX_SAMPLES}")
+        checked_text(data, "prompt", MAX_PROMPT_CHARS, required=False)
+        prompt = str(settings.prompt or "")
+        return decode_plan(settings, tokenizer, prompt), settings
+
+    async def generate(self, request: Request) -> Response:
+        data = await read_json(request, (*GENERATION_KEYS, "ckpt"))
+        model = await self.model(data)
+        plan, settings = await run_in_threadpool(self.plan, data, model.loaded.tokenizer)
+        seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        if not self.slots.acquire(blocking=False):
+            raise Busy(f"{MAX_GENERATIONS} generations are running (the playground's limit); try again when one ends")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        cancelled = threading.Event()
+        unknown = model.loaded.tokenizer.unknown(plan.prompt.rstrip() or plan.prompt) if plan.prompt else []
+
+        def put(event: dict[str, Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def work() -> None:
+            try:
+                for event in generation_events(model, plan, settings.num_samples, seed, cancelled):
+                    put(event)
+                log.info("generation %s after %d tokens (%s tokens/s)", "stopped: its client left" if event["stopped"]
+                         else "done", event["tokens"], event["tokens_per_s"])
+            except Exception as err:  # reported to the page; the server goes on
+                log.exception("generation failed")
+                put({"type": "error", "error": str(err) if isinstance(err, RnnlmError) else f"{type(err).__name__}: {err}"})
+            finally:
+                self.slots.release()
+
+        try:
+            self.generations.submit(work)
+        except RuntimeError:  # shutting down
+            self.slots.release()
+            raise Busy("the playground is stopping") from None
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield message({"type": "start", "seed": seed, "num_samples": settings.num_samples,
+                               "strategy": plan.settings.strategy, "prompt": plan.prompt, "unknown": unknown[:20]})
+                while True:
+                    batch = [await queue.get()]
+                    while not queue.empty() and len(batch) < EVENTS_PER_MESSAGE:
+                        batch.append(queue.get_nowait())
+                    yield message({"type": "batch", "events": batch})
+                    if batch[-1]["type"] in ("done", "error"):
+                        return
+            finally:  # the client went away (or the stream ended): stop generating
+                cancelled.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def analysis(self, request: Request, keys: tuple[str, ...], job: Callable[..., dict[str, Any]],
+                       extra: tuple[str, ...] = ()) -> Response:
+        data = await read_json(request, ("ckpt", "text", *keys))
+        text = checked_text(data, "text", MAX_TEXT_CHARS)
+        model = await self.model(data)
+        async with self.analyses:
+            result = await run_in_threadpool(job, model, text, *(data.get(k) for k in extra), self.defaults["unknown"] or "replace")
+        return JSONResponse(result)
+
+    async def score(self, request: Request) -> Response:
+        return await self.analysis(request, (), score_job)
+
+    async def cells(self, request: Request) -> Response:
+        return await self.analysis(request, ("layer", "state", "unit"), cell_job, ("layer", "state", "unit"))
+
+    async def find(self, request: Request) -> Response:
+        return await self.analysis(request, (), find_job)
+
+
+def message(payload: dict[str, Any]) -> str:
+    """One Server-Sent Event."""
+    return f"data: {json.dumps(payload, ensure_ascii=False, allow_nan=False)}\n\n"
+
+
+def create_app(catalogue: Catalogue, defaults: dict[str, Any]) -> Starlette:
+    playground = Playground(catalogue, defaults)
+    routes = [
+        Route("/", handles_errors(playground.page)),
+        Route("/api/checkpoints", handles_errors(playground.checkpoints)),
+        Route("/api/model", handles_errors(playground.model_info), methods=["POST"]),
+        Route("/api/generate", handles_errors(playground.generate), methods=["POST"]),
+        Route("/api/score", handles_errors(playground.score), methods=["POST"]),
+        Route("/api/cells", handles_errors(playground.cells), methods=["POST"]),
+        Route("/api/find", handles_errors(playground.find), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=PAGE_DIR)),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        playground.generations.shutdown(wait=False, cancel_futures=True)
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.playground = playground
+    return app

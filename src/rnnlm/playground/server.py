@@ -1,0 +1,118 @@
+"""``python sample.py mode=serve``: the playground's web server on a local port."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from rnnlm.checkpoint import TRAIN_HINT
+from rnnlm.errors import CheckpointError, ConfigError
+from rnnlm.options import SAMPLE_OPTIONS, check_numbers, existing_dir
+from rnnlm.runtime import keep_freed_memory
+
+log = logging.getLogger(__name__)
+SHUTDOWN_SECONDS = 2  # open streams get this long to end after Ctrl-C
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: Any) -> socket.socket:
+    """A listening socket on ``host:port`` (0: any free port), or a one-line error."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port={port!r}; it must be an integer in [0, 65535] (0 picks a free port)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise ConfigError(f"host={host!r} is not an address of this machine; use 127.0.0.1 (the default)") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use (another playground?); pass port=<another port>, "
+                              "or port=0 for any free one") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({err.strerror}); use host=127.0.0.1 and a port above 1023") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def catalogue_from(cfg: DictConfig):
+    from rnnlm.playground.catalogue import Catalogue
+
+    ckpt = cfg.get("ckpt")
+    extra = Path(to_absolute_path(str(ckpt))) if ckpt else None
+    if extra is not None and extra.is_dir():  # a run dir: offer its checkpoints
+        root, extra = extra, None
+    else:
+        root = Path(to_absolute_path(str(cfg.get("checkpoints") or "outputs")))
+        if extra is None:
+            existing_dir("checkpoints", root, f"{TRAIN_HINT}; or pass checkpoints=<dir holding runs>")
+    catalogue = Catalogue(root, extra, cfg.get("device", "auto"))
+    entries = catalogue.entries()
+    if not entries:
+        raise CheckpointError(f"no checkpoint that loads under {root}/; {TRAIN_HINT}")
+    catalogue.model(entries[0].id)  # loaded before the URL is printed: the first Generate is quick
+    return catalogue
+
+
+def app_for(cfg: DictConfig, catalogue):
+    """The app, with ``cfg``'s decoding options (sample.py's) as the page's defaults."""
+    from rnnlm.playground.app import create_app
+
+    options = OmegaConf.to_container(cfg, resolve=False)
+    return create_app(catalogue, {k: v for k, v in options.items() if not isinstance(v, (dict, list))})
+
+
+def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Serve the playground until Ctrl-C (or SIGTERM)."""
+    keep_freed_memory()
+    check_numbers(cfg, SAMPLE_OPTIONS)
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as err:
+        raise ConfigError(f"mode=serve needs the web server ({err.name} is not installed): "
+                          "pip install -e '.[serve]' (make env installs it)") from None
+    host = str(cfg.get("host") or "127.0.0.1")
+    sock = bind(host, cfg.get("port", 8765))
+    try:
+        catalogue = catalogue_from(cfg)
+        app = app_for(cfg, catalogue)
+        if not is_loopback(host):
+            log.warning("listening on %s: anyone who can reach this machine's port %d can use the models and see "
+                        "the list of checkpoints under %s", host, sock.getsockname()[1], catalogue.root)
+        url = url_of(sock)
+        print(f"playground: {url}  (checkpoints under {catalogue.root}; Ctrl-C stops it)", flush=True)
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS, lifespan="on")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return {}, {"url": url}
+
+
+def report(metrics: dict[str, float], objects: dict[str, Any]) -> str:
+    return f"playground at {objects['url']} stopped"
