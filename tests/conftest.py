@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,33 +107,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict
 
 @contextlib.contextmanager
 def running_playground(root: Path, *overrides: str) -> Iterator[tuple[str, Any]]:
-    """The playground app serving ``root``'s checkpoints on a free local port, in a thread of
-    this process; stopped (and its thread joined) when the block exits."""
-    import uvicorn
-
+    """(URL, Playground): the app serving ``root``'s checkpoints on a free local port, in a
+    thread of this process, with sample.py's defaults (and ``overrides``)."""
     from rnnlm.playground.catalogue import Catalogue
-    from rnnlm.playground.server import app_for, bind, url_of
+    from rnnlm.playground.server import app_for, running_in_thread
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("sample", overrides=list(overrides))
     GlobalHydra.instance().clear()
     app = app_for(cfg, Catalogue(root))
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="playground-test-server")
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the playground server did not start")
-            time.sleep(0.02)
-        yield url_of(sock), app.state.playground
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with running_in_thread(app) as url:
+        yield url, app.state.playground
 
 
 @pytest.fixture(scope="session")

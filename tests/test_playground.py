@@ -19,6 +19,9 @@ import pytest
 import torch
 
 from rnnlm.checkpoint import load_model
+from rnnlm.generation.decoding import DecodeSettings
+from rnnlm.generation.decoding import generate as generate_tokens
+from rnnlm.generation.prompt import encode_prompt
 from rnnlm.models.rnn import RNNLM
 from rnnlm.playground.analysis import layer_states, rank_units, token_pieces, token_probabilities
 from rnnlm.playground.app import MAX_GENERATIONS, MAX_LENGTH, MAX_TEXT_CHARS
@@ -126,12 +129,9 @@ def test_generation_streams_the_engines_tokens(playground, trained):
             assert step["ids"][i] in step["atop"][0][i] or step["q"][i] < step["atop"][1][i][-1] + 1e-6
             assert len(step["atop"][0][i]) <= 5 and sum(step["atop"][1][i]) <= 1 + 1e-4
     # The same text as sample.py's engine gives for that seed and these settings.
-    from rnnlm.generation.decoding import DecodeSettings, generate as engine_generate
-    from rnnlm.generation.prompt import encode_prompt
-
     loaded = load_model(next(Path(trained["dir"]).rglob("last.ckpt")))
     ids = encode_prompt(loaded.tokenizer, "ROMEO:")
-    expected = engine_generate(loaded.net, ids, 60, 2, DecodeSettings(temperature=0.8, top_k=10), 7)
+    expected = generate_tokens(loaded.net, ids, 60, 2, DecodeSettings(temperature=0.8, top_k=10), 7)
     assert [[s["ids"][i] for s in steps] for i in range(2)] == expected.tokens
     again = generate(url, prompt="ROMEO:", length=60, seed=7, num_samples=2, temperature=0.8, top_k=10)
     assert [e["ids"] for e in again if e["type"] == "step"] == [s["ids"] for s in steps]
@@ -152,6 +152,12 @@ def test_scoring_gives_the_numbers_of_score_mode(playground, trained):
     loaded = load_model(Path(trained["dir"]) / newest)
     assert result["figures"] == pytest.approx(score_text(loaded, text_ids(loaded, TEXT)))
     assert "".join(result["pieces"]) == TEXT and len(result["p"]) == len(result["pieces"]) - 1
+    # The second table: what sampling at the page's settings draws from, sharper at T=0.5.
+    sharp = httpx.post(url + "api/score", json={"text": TEXT, "temperature": 0.5, "top_k": 3}).json()
+    assert sharp["figures"] == result["figures"] and len(sharp["q"]) == len(result["p"])
+    assert all(len(ids) == 3 or probs[3:] == [0.0] * (len(probs) - 3) for ids, probs in zip(*sharp["atop"]))
+    assert all(a[0] >= r[0] - 1e-6 for a, r in zip(sharp["atop"][1], result["top"][1]))
+    assert "atop" not in httpx.post(url + "api/score", json={"text": TEXT, "temperature": 0}).json()
 
 
 def test_cell_view_and_find_cells(playground):
@@ -180,6 +186,7 @@ def test_cell_view_and_find_cells(playground):
     ("api/score", {"text": "x" * (MAX_TEXT_CHARS + 1)}, "at most 20,000"),
     ("api/score", {"text": ""}, "the text is empty"),
     ("api/score", {"text": "a"}, "at least two tokens"),
+    ("api/score", {"text": "ab", "top_k": 0}, "top_k=0 is not allowed"),
     ("api/cells", {"text": "abc", "layer": 0, "state": "cell", "unit": 999}, "unit=999; it must be an integer in [0, 47]"),
 ])
 def test_bad_requests_get_one_line_errors(playground, path, body, match):

@@ -8,25 +8,16 @@ tests are skipped, and the skip says why in the summary; they never pass without
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from rnnlm.checkpoint import load_model
+from rnnlm.playground.browser import CHROMIUM_FLAGS, chromium_path
 from rnnlm.sampling import score_text, text_ids
 
 pytestmark = pytest.mark.browser
-CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-# Headless as root, and nothing that reaches for the network (refused here, and slow).
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
-
-
-def chromium_path() -> str | None:
-    return next((p for p in CHROMIUM if Path(p).is_file()), None) or shutil.which("chromium")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def browser() -> Iterator[object]:
         pytest.skip("BROWSER TESTS NOT RUN: playwright is not installed; pip install -e '.[dev]'")
     playwright = sync_playwright().start()
     try:
-        chromium = playwright.chromium.launch(executable_path=path, args=FLAGS)
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
         try:
             yield chromium
         finally:
@@ -135,7 +126,8 @@ def test_scoring_shows_the_loss_of_score_mode(page, trained, playground):
     spans = page.locator("#score-view span[data-i]")
     assert spans.count() == len(TEXT)
     spans.nth(10).hover()
-    assert "surprisal" in page.inner_text("#details") and page.locator("#details tr").count() == 5
+    assert "surprisal" in page.inner_text("#details") and "sampling would draw from (T=0.8)" in page.inner_text("#details")
+    assert page.locator("#details table.top5").count() == 2 and page.locator("#details tr").count() == 10
 
 
 def test_cell_view_colours_text_and_find_cells_picks_a_unit(page):

@@ -201,6 +201,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab", action="store_true",
                         help="only this: training tokens/s of a 30k-word model with a full and an adaptive softmax, "
                              "and 1-stream sampling speed of char, BPE and word models")
+    parser.add_argument("--playground", metavar="CKPT", nargs="?", const="",
+                        help="only this: the playground's latencies (first token, one stream's chars/s, scoring 10k "
+                             "characters; in the page too where Chromium is installed) for CKPT (default: the newest "
+                             "under ./outputs)")
+    parser.add_argument("--screenshot", metavar="PNG", help="with --playground: also save a picture of the page in use")
     parser.add_argument("--ddp", type=float, metavar="GB", nargs="?", const=1.0,
                         help="only this: each rank's anonymous memory in 2-rank CPU DDP runs of train.py "
                              "on a 1 MB and a GB corpus (default 1), prepared first")
@@ -224,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = _rounded({"plan": f"vocab-{plan.name}", "machine": machine_info(), "malloc_tuning_on": tuned,
                            **measure_vocabularies(plan, corpus_text(plan), max(2, plan.timed_steps // 3))})
         print(format_vocabularies(result))
+    elif args.playground is not None:
+        from rnnlm.bench.playground import format_playground, measure_playground
+
+        result = _rounded({"plan": "playground", "machine": machine_info(), "malloc_tuning_on": keep_freed_memory(),
+                           **measure_playground(args.playground or None, corpus_text(PLANS["default"]),
+                                                screenshot=args.screenshot)})
+        print(format_playground(result))
     elif args.ddp:
         from rnnlm.bench.ddp import measure_ddp_memory
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.evaluation import lane_windows
+from rnnlm.generation.decoding import DecodeSettings, sampling_probs
 from rnnlm.models.rnn import RNNLM
 
 TOP = 5  # candidates shown for each position
@@ -37,20 +38,27 @@ def top_candidates(probs: torch.Tensor, k: int = TOP) -> tuple[list[list[int]], 
 
 
 @torch.no_grad()
-def token_probabilities(net: nn.Module, ids: torch.Tensor) -> dict[str, list]:
+def token_probabilities(net: nn.Module, ids: torch.Tensor, settings: DecodeSettings | None = None) -> dict[str, list]:
     """For every token of ``ids`` after the first: the probability the model gave it
     (``prob``, the state carried from the text's start) and the ``TOP`` candidates it
-    ranked highest (``top_ids``, ``top_probs``), as ``sample.py mode=score`` reads the text."""
-    probs, top_ids, top_probs = [], [], []
+    ranked highest (``top_ids``, ``top_probs``), as ``sample.py mode=score`` reads the text;
+    with ``settings``, the same under the distribution sampling with them would draw from
+    (``sampled_prob``, ``sampled_top_ids``, ``sampled_top_probs``)."""
+    found: dict[str, list] = {}
+
+    def add(prefix: str, p: torch.Tensor, targets: torch.Tensor) -> None:
+        ids_k, probs_k = top_candidates(p)
+        for key, values in (("prob", p.gather(-1, targets[:, None]).squeeze(-1).tolist()), ("top_ids", ids_k),
+                            ("top_probs", probs_k)):
+            found.setdefault(prefix + key, []).extend(values)
+
     state = None
     for inputs, targets in lane_windows(net, ids, 1, CHUNK):
         logits, state = net(inputs, state)
-        p = logits[0].float().softmax(-1)
-        probs += p.gather(-1, targets[0, :, None]).squeeze(-1).tolist()
-        ids_k, probs_k = top_candidates(p)
-        top_ids += ids_k
-        top_probs += probs_k
-    return {"prob": probs, "top_ids": top_ids, "top_probs": top_probs}
+        add("", logits[0].float().softmax(-1), targets[0])
+        if settings is not None:
+            add("sampled_", sampling_probs(logits[0], settings), targets[0])
+    return found
 
 
 def _single_layers(rnn: nn.RNNBase) -> list[nn.RNNBase]:

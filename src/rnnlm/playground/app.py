@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rnnlm.errors import ConfigError, RnnlmError
+from rnnlm.generation.decoding import DecodeSettings
 from rnnlm.options import SAMPLE_OPTIONS, check_numbers
 from rnnlm.playground.catalogue import Catalogue
 from rnnlm.playground.jobs import cell_job, find_job, generation_events, score_job
@@ -46,6 +47,7 @@ MAX_GENERATIONS = 8
 MAX_ANALYSES = 4
 EVENTS_PER_MESSAGE = 256
 # What a generation request may set: sample.py's options of the same names.
+SCORE_SAMPLING_KEYS = ("temperature", "top_k", "top_p")  # the candidates' second table: what sampling draws from
 GENERATION_KEYS = ("prompt", "strategy", "temperature", "top_k", "top_p", "length", "seed", "num_samples",
                    "beam_width", "length_penalty")
 
@@ -211,7 +213,17 @@ class Playground:
         return JSONResponse(result)
 
     async def score(self, request: Request) -> Response:
-        return await self.analysis(request, (), score_job)
+        data = await read_json(request, ("ckpt", "text", *SCORE_SAMPLING_KEYS))
+        text = checked_text(data, "text", MAX_TEXT_CHARS)
+        model = await self.model(data)
+        options = OmegaConf.create({**{k: self.defaults[k] for k in SCORE_SAMPLING_KEYS},
+                                    **{k: data[k] for k in SCORE_SAMPLING_KEYS if k in data}})
+        check_numbers(options, SAMPLE_OPTIONS)
+        settings = DecodeSettings(temperature=options.temperature, top_k=options.top_k,
+                                  top_p=options.top_p).validate(len(model.loaded.tokenizer))
+        async with self.analyses:
+            result = await run_in_threadpool(score_job, model, text, settings, self.defaults["unknown"] or "replace")
+        return JSONResponse(result)
 
     async def cells(self, request: Request) -> Response:
         return await self.analysis(request, ("layer", "state", "unit"), cell_job, ("layer", "state", "unit"))

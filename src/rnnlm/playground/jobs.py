@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from rnnlm.errors import ConfigError
-from rnnlm.generation.decoding import beam_search, is_greedy, sampling_probs, steps
+from rnnlm.generation.decoding import DecodeSettings, beam_search, is_greedy, sampling_probs, steps
 from rnnlm.playground.analysis import rank_units, token_pieces, token_probabilities, top_candidates
 from rnnlm.playground.catalogue import PlaygroundModel
 from rnnlm.sampling import DecodePlan, score_text, text_ids
@@ -74,16 +74,23 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
            "tokens_per_s": round(sum(counts) / seconds, 1) if seconds > 0 else None}
 
 
-def score_job(model: PlaygroundModel, text: str, unknown: str) -> dict[str, Any]:
-    """``sample.py mode=score``'s figures for ``text`` plus each token's probability and rivals."""
+def score_job(model: PlaygroundModel, text: str, settings: DecodeSettings, unknown: str) -> dict[str, Any]:
+    """``sample.py mode=score``'s figures for ``text`` plus each token's probability and rivals,
+    at T=1 and under ``settings`` (what sampling with them would have drawn from)."""
     start = time.perf_counter()
     tokenizer = model.loaded.tokenizer
     ids = text_ids(model.loaded, text, unknown)
     figures = score_text(model.loaded, ids)
-    details = token_probabilities(model.net, ids)
-    return {"figures": figures, "ids": ids.tolist(), "pieces": token_pieces(tokenizer, ids.tolist()),
-            "p": [round(p, 6) for p in details["prob"]], "top": [details["top_ids"], _rounded(details["top_probs"])],
-            "unknown": tokenizer.unknown(text)[:20], "server_ms": round((time.perf_counter() - start) * 1000, 2)}
+    sampled = None if is_greedy(settings) else settings
+    details = token_probabilities(model.net, ids, sampled)
+    result = {"figures": figures, "ids": ids.tolist(), "pieces": token_pieces(tokenizer, ids.tolist()),
+              "p": [round(p, 6) for p in details["prob"]], "top": [details["top_ids"], _rounded(details["top_probs"])],
+              "unknown": tokenizer.unknown(text)[:20]}
+    if sampled is not None:
+        result["q"] = [round(p, 6) for p in details.get("sampled_prob", [])]
+        result["atop"] = [details.get("sampled_top_ids", []), _rounded(details.get("sampled_top_probs", []))]
+    result["server_ms"] = round((time.perf_counter() - start) * 1000, 2)
+    return result
 
 
 def _states(model: PlaygroundModel, text: str, unknown: str) -> tuple[list[str], list[dict[str, torch.Tensor]]]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +81,30 @@ def catalogue_from(cfg: DictConfig):
         raise CheckpointError(f"no checkpoint that loads under {root}/; {TRAIN_HINT}")
     catalogue.model(entries[0].id)  # loaded before the URL is printed: the first Generate is quick
     return catalogue
+
+
+@contextlib.contextmanager
+def running_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``app`` on a free port from a thread of this process (tests, the benchmark);
+    yields its URL; stopped, and the thread joined, when the block exits."""
+    import uvicorn
+
+    sock = bind(host, 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=SHUTDOWN_SECONDS))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="playground-server")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the playground server did not start")
+            time.sleep(0.02)
+        yield url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
 
 
 def app_for(cfg: DictConfig, catalogue):

@@ -320,7 +320,12 @@ function describeScored(token, head) {
     return [];
   }
   head.textContent += `p = ${token.p.toFixed(4)}, surprisal ${(-Math.log2(Math.max(token.p, 1e-12))).toFixed(2)} bits`;
-  return candidatesTable("what the model expected (T=1)", token.top, token.id);
+  const parts = candidatesTable("what the model expected (T=1)", token.top, token.id);
+  if (token.atop) {
+    head.textContent += `; ${token.q.toFixed(4)} under ${settingsText(token.settings)}`;
+    parts.push(...candidatesTable(`sampling would draw from (${settingsText(token.settings)})`, token.atop, token.id));
+  }
+  return parts;
 }
 
 function drawTokens(view, tokens, colour) {
@@ -333,10 +338,14 @@ function drawTokens(view, tokens, colour) {
 async function score() {
   const text = $("score-text").value;
   const started = performance.now();
-  const result = await api("/api/score", { ckpt: state.ckpt, text });
+  const { temperature, top_k, top_p } = generationRequest();  // the Generate tab's sampling settings
+  const result = await api("/api/score", { ckpt: state.ckpt, text, temperature, top_k, top_p });
   const received = performance.now();
+  const settings = { temperature, top_k, top_p };
   const tokens = result.pieces.map((piece, i) => ({
     piece, id: result.ids[i], p: i === 0 ? null : result.p[i - 1], top: i === 0 ? null : [result.top[0][i - 1], result.top[1][i - 1]],
+    q: i === 0 || !result.q ? null : result.q[i - 1], settings,
+    atop: i === 0 || !result.atop ? null : [result.atop[0][i - 1], result.atop[1][i - 1]],
   }));
   drawTokens(state.views.score, tokens, (t) => (t.p == null ? "" : surprisal(-Math.log2(Math.max(t.p, 1e-12)))));
   const f = result.figures;

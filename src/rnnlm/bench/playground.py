@@ -1,0 +1,143 @@
+"""``--playground``: the playground's latencies, at a client of a real server on a local port.
+
+Time from the request to the first generated token, one stream's characters per second next
+to the bare engine's (``generate`` in this process, the same settings: the ratio is the
+server's overhead), the round trip of scoring a 10,000-character text, and, where Chromium
+is installed, the same two as the page sees them (press to first character, score to drawn).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+SCORE_CHARS = 10_000
+
+
+def _stream(url: str, body: dict[str, Any]) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds from it to the end, characters) of one generation."""
+    import httpx
+
+    start = time.perf_counter()
+    first = None
+    chars = 0
+    with httpx.stream("POST", url + "api/generate", json=body, timeout=300) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            message = json.loads(line[6:])
+            for event in message.get("events", []):
+                if event["type"] == "step":
+                    first = first or time.perf_counter()
+                    chars += sum(len(p) for p in event["pieces"])
+    end = time.perf_counter()
+    return first - start, end - first, chars
+
+
+def _browser_figures(url: str, text: str, repeats: int) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    from rnnlm.playground.browser import CHROMIUM_FLAGS, chromium_path
+
+    path = chromium_path()
+    if path is None:
+        return {"browser": "no chromium: page figures not measured"}
+    firsts, scores = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            page.fill("#length", "100")
+            for i in range(repeats):
+                page.fill("#seed", str(i))
+                page.click("#generate")
+                page.wait_for_function("document.querySelector('#gen-status').dataset.done === '1'", timeout=60_000)
+                firsts.append(float(page.get_attribute("#gen-status", "data-first-ms")))
+                page.evaluate("delete document.querySelector('#gen-status').dataset.done")
+            page.click("button[data-tab='score']")
+            page.fill("#score-text", text)
+            for _ in range(repeats):
+                page.evaluate("delete document.querySelector('#score-timing').dataset.totalMs")
+                page.click("#score")
+                page.wait_for_selector("#score-timing[data-total-ms]", timeout=60_000)
+                scores.append(float(page.get_attribute("#score-timing", "data-total-ms")))
+        finally:
+            browser.close()
+    return {"page_first_char_ms": statistics.median(firsts), "page_score_10k_drawn_ms": statistics.median(scores),
+            "browser": path}
+
+
+def measure_playground(ckpt: str | None, text: str, repeats: int = 5, screenshot: str | None = None) -> dict[str, Any]:
+    """The figures above for ``ckpt`` (a .ckpt file; None: the newest under ./outputs), and
+    a picture of the page at ``screenshot``."""
+    import httpx
+    import torch
+    from omegaconf import OmegaConf
+
+    from rnnlm.generation.decoding import DecodeSettings, generate
+    from rnnlm.generation.prompt import encode_prompt
+    from rnnlm.playground.catalogue import Catalogue
+    from rnnlm.playground.server import app_for, running_in_thread
+
+    path = Path(ckpt).resolve() if ckpt else None
+    catalogue = Catalogue(path.parent if path else Path("outputs").resolve(), path)
+    entry = catalogue.entries()[0]
+    model = catalogue.model(entry.id)
+    defaults = {"prompt": "\n", "strategy": "sample", "temperature": 0.8, "top_k": None, "top_p": None, "length": 500,
+                "seed": 0, "num_samples": 1, "beam_width": 5, "length_penalty": 0.0, "unknown": "replace"}
+    app = app_for(OmegaConf.create(defaults), catalogue)
+    score_text = text[int(len(text) * 0.9) :][:SCORE_CHARS]  # the validation split's start
+    long = 3000
+    with running_in_thread(app) as url:
+        _stream(url, {"length": 50})  # warm-up
+        firsts = [_stream(url, {"length": 100, "seed": i})[0] for i in range(repeats)]
+        rates, bare = [], []
+        ids = encode_prompt(model.loaded.tokenizer, "\n")
+        settings = DecodeSettings(temperature=0.8)
+        for i in range(3):  # interleaved: the machine's speed drifts
+            _, seconds, chars = _stream(url, {"length": long, "seed": i})
+            rates.append(chars / seconds)
+            start = time.perf_counter()
+            tokens = generate(model.net, ids, long, 1, settings, seed=i).tokens[0]
+            bare.append(len(model.loaded.tokenizer.decode(tokens)) / (time.perf_counter() - start))
+        scores = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            httpx.post(url + "api/score", json={"text": score_text}, timeout=300).raise_for_status()
+            scores.append(time.perf_counter() - start)
+        result = {"ckpt": str(entry.path), "threads": torch.get_num_threads(),
+                  "first_token_ms": statistics.median(firsts) * 1000,
+                  "stream_chars_per_s": statistics.median(rates), "engine_chars_per_s": statistics.median(bare),
+                  "score_10k_ms": statistics.median(scores) * 1000}
+        result["stream_over_engine"] = result["stream_chars_per_s"] / result["engine_chars_per_s"]
+        try:
+            result.update(_browser_figures(url, score_text, repeats))
+        except ImportError:
+            result["browser"] = "playwright not installed: page figures not measured"
+        if screenshot:
+            from rnnlm.playground.browser import screenshot as take
+
+            result["screenshot"] = str(take(url, Path(screenshot)))
+    return result
+
+
+def format_playground(result: dict[str, Any]) -> str:
+    rows = [
+        ("checkpoint", result["ckpt"]),
+        ("request to first token", f"{result['first_token_ms']:.1f} ms (median of the requests)"),
+        ("one stream", f"{result['stream_chars_per_s']:,.0f} chars/s; the bare engine {result['engine_chars_per_s']:,.0f} "
+                       f"chars/s: {result['stream_over_engine']:.2f}x"),
+        (f"score {SCORE_CHARS:,} chars", f"{result['score_10k_ms']:.0f} ms round trip"),
+    ]
+    if "page_first_char_ms" in result:
+        rows += [("page: Generate to first char", f"{result['page_first_char_ms']:.1f} ms"),
+                 ("page: Score to drawn (10k chars)", f"{result['page_score_10k_drawn_ms']:.0f} ms")]
+    else:
+        rows.append(("page", result.get("browser", "")))
+    return "\n".join(f"{name:<34}{value}" for name, value in rows)
