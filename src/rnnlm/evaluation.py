@@ -7,7 +7,7 @@ score mode (``rnnlm.sampling``) use it, so it depends on none of them: data <- m
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -64,17 +64,25 @@ def target_scores(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
 
 @torch.no_grad()
 def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int = 4096,
-                 char_lengths: torch.Tensor | None = None) -> tuple[float, int, int, float]:
+                 char_lengths: torch.Tensor | None = None,
+                 each_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> tuple[float, int, int, float]:
     """Summed NLL (nats), correct top-1 guesses, scored tokens and the characters they stand
     for (``char_lengths[id]``, see ``Tokenizer.char_lengths``; one per token when ``None``),
     state carried throughout.
 
     ``lanes=1`` scores the whole text as one sequence; more lanes score contiguous parts of
-    it side by side as one batch (see ``lane_windows``).
+    it side by side as one batch (see ``lane_windows``). ``each_chunk(logits, targets)``
+    sees every chunk's logits as they are scored (a softmax output's totals are then the
+    same to the bit; an adaptive one's full log-probabilities, not its clusters, are scored).
     """
     nll_sum, correct, count, chars, state = 0.0, 0, 0, 0.0, None
     for inputs, targets in lane_windows(net, ids, lanes, chunk):
-        log_probs, hits, state = target_scores(net, inputs, targets, state)
+        if each_chunk is None:
+            log_probs, hits, state = target_scores(net, inputs, targets, state)
+        else:
+            logits, state = net(inputs, state)
+            log_probs, hits = logit_scores(logits, targets)
+            each_chunk(logits, targets)
         nll_sum -= float(log_probs.double().sum())
         correct += int(hits.sum())
         count += targets.numel()
@@ -89,11 +97,11 @@ def likelihood_figures(nll_sum: float, correct: int, count: int, chars: float) -
             "acc": correct / count, "tokens": count, "chars": chars}
 
 
-def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096,
-              char_lengths: torch.Tensor | None = None) -> dict[str, float]:
+def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096, char_lengths: torch.Tensor | None = None,
+              each_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
     """Loss, perplexity, bits per token and per character, and accuracy of a text read in one
-    pass with the state carried. The first token has no context, so ``len(ids) - 1`` tokens
-    are scored."""
+    pass with the state carried (``each_chunk``: see :func:`score_totals`). The first token
+    has no context, so ``len(ids) - 1`` tokens are scored."""
     if ids.numel() < 2:
         raise ConfigError("the text to score needs at least two tokens")
-    return likelihood_figures(*score_totals(net, ids, 1, chunk, char_lengths))
+    return likelihood_figures(*score_totals(net, ids, 1, chunk, char_lengths, each_chunk))

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,12 @@ def text_ids(loaded: LoadedModel, text: str, unknown: str = "replace") -> torch.
     return torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
 
 
-def score_text(loaded: LoadedModel, ids: torch.Tensor) -> dict[str, Any]:
-    """What ``mode=score`` reports of a text's ids: loss, perplexity, bits per token and per character."""
+def score_text(loaded: LoadedModel, ids: torch.Tensor,
+               each_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
+    """What ``mode=score`` reports of a text's ids: loss, perplexity, bits per token and per
+    character (``each_chunk``: see ``evaluation.score_totals``)."""
     lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
-    return score_ids(loaded.net, ids, char_lengths=lengths)
+    return score_ids(loaded.net, ids, char_lengths=lengths, each_chunk=each_chunk)
 
 
 def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:

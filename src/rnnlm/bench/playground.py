@@ -1,16 +1,23 @@
 """``--playground``: the playground's latencies, at a client of a real server on a local port.
 
-Time from the request to the first generated token, one stream's characters per second next
-to the bare engine's (``generate`` in this process, the same settings: the ratio is the
-server's overhead), the round trip of scoring a 10,000-character text, and, where Chromium
-is installed, the same two as the page sees them (press to first character, score to drawn).
+The server is ``sample.py mode=serve`` in a process of its own. Time from the request to the
+first generated token, one stream's characters per second next to the bare engine's
+(``generate`` in this process, the same settings: the ratio is what serving costs), the round
+trip of scoring a 10,000-character text, and, where Chromium is installed, what the page
+sees: press to first character, one stream's characters per second as drawn, score to drawn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +67,10 @@ def _browser_figures(url: str, text: str, repeats: int) -> dict[str, Any]:
                 page.wait_for_function("document.querySelector('#gen-status').dataset.done === '1'", timeout=60_000)
                 firsts.append(float(page.get_attribute("#gen-status", "data-first-ms")))
                 page.evaluate("delete document.querySelector('#gen-status').dataset.done")
+            page.fill("#length", "3000")
+            page.click("#generate")
+            page.wait_for_function("document.querySelector('#gen-status').dataset.done === '1'", timeout=120_000)
+            drawn = float(page.get_attribute("#gen-status", "data-chars-per-s"))
             page.click("button[data-tab='score']")
             page.fill("#score-text", text)
             for _ in range(repeats):
@@ -69,50 +80,77 @@ def _browser_figures(url: str, text: str, repeats: int) -> dict[str, Any]:
                 scores.append(float(page.get_attribute("#score-timing", "data-total-ms")))
         finally:
             browser.close()
-    return {"page_first_char_ms": statistics.median(firsts), "page_score_10k_drawn_ms": statistics.median(scores),
-            "browser": path}
+    return {"page_first_char_ms": statistics.median(firsts), "page_stream_chars_per_s": drawn,
+            "page_score_10k_drawn_ms": statistics.median(scores), "browser": path}
+
+
+@contextlib.contextmanager
+def served(option: str) -> Iterator[str]:
+    """``sample.py mode=serve <option>`` in a process of its own (as a user runs it: the
+    client here does not share its interpreter); its URL; stopped with Ctrl-C at the end."""
+    root = Path(__file__).resolve().parents[3]
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "serve.out"
+        with log.open("w") as out:
+            proc = subprocess.Popen([sys.executable, str(root / "sample.py"), "mode=serve", "port=0", option,
+                                     f"hydra.run.dir={tmp}/run"], cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while "playground: http" not in log.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"sample.py mode=serve did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield log.read_text().split("playground: ")[1].split()[0]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def newest_checkpoint(root: Path) -> Path:
+    from rnnlm.playground.catalogue import Catalogue
+
+    entries = Catalogue(root).entries()
+    if not entries:
+        raise SystemExit(f"no checkpoint under {root}/: pass one, python -m rnnlm.bench --playground <ckpt>")
+    return entries[0].path
 
 
 def measure_playground(ckpt: str | None, text: str, repeats: int = 5, screenshot: str | None = None) -> dict[str, Any]:
     """The figures above for ``ckpt`` (a .ckpt file; None: the newest under ./outputs), and
     a picture of the page at ``screenshot``."""
     import httpx
-    import torch
-    from omegaconf import OmegaConf
 
+    from rnnlm.checkpoint import load_model
     from rnnlm.generation.decoding import DecodeSettings, generate
     from rnnlm.generation.prompt import encode_prompt
-    from rnnlm.playground.catalogue import Catalogue
-    from rnnlm.playground.server import app_for, running_in_thread
 
-    path = Path(ckpt).resolve() if ckpt else None
-    catalogue = Catalogue(path.parent if path else Path("outputs").resolve(), path)
-    entry = catalogue.entries()[0]
-    model = catalogue.model(entry.id)
-    defaults = {"prompt": "\n", "strategy": "sample", "temperature": 0.8, "top_k": None, "top_p": None, "length": 500,
-                "seed": 0, "num_samples": 1, "beam_width": 5, "length_penalty": 0.0, "unknown": "replace"}
-    app = app_for(OmegaConf.create(defaults), catalogue)
+    root = Path("outputs").resolve()
+    path = Path(ckpt).resolve() if ckpt else newest_checkpoint(root)
+    loaded = load_model(path)
     score_text = text[int(len(text) * 0.9) :][:SCORE_CHARS]  # the validation split's start
     long = 3000
-    with running_in_thread(app) as url:
+    with served(f"ckpt={path}" if ckpt else f"checkpoints={root}") as url:
         _stream(url, {"length": 50})  # warm-up
         firsts = [_stream(url, {"length": 100, "seed": i})[0] for i in range(repeats)]
         rates, bare = [], []
-        ids = encode_prompt(model.loaded.tokenizer, "\n")
-        settings = DecodeSettings(temperature=0.8)
+        ids = encode_prompt(loaded.tokenizer, "\n")
         for i in range(3):  # interleaved: the machine's speed drifts
-            _, seconds, chars = _stream(url, {"length": long, "seed": i})
+            _, seconds, chars = _stream(url, {"length": long, "seed": i, "temperature": 0.8})
             rates.append(chars / seconds)
             start = time.perf_counter()
-            tokens = generate(model.net, ids, long, 1, settings, seed=i).tokens[0]
-            bare.append(len(model.loaded.tokenizer.decode(tokens)) / (time.perf_counter() - start))
+            tokens = generate(loaded.net, ids, long, 1, DecodeSettings(temperature=0.8), seed=i).tokens[0]
+            bare.append(len(loaded.tokenizer.decode(tokens)) / (time.perf_counter() - start))
         scores = []
         for _ in range(repeats):
             start = time.perf_counter()
             httpx.post(url + "api/score", json={"text": score_text}, timeout=300).raise_for_status()
             scores.append(time.perf_counter() - start)
-        result = {"ckpt": str(entry.path), "threads": torch.get_num_threads(),
-                  "first_token_ms": statistics.median(firsts) * 1000,
+        result = {"ckpt": str(path), "first_token_ms": statistics.median(firsts) * 1000,
                   "stream_chars_per_s": statistics.median(rates), "engine_chars_per_s": statistics.median(bare),
                   "score_10k_ms": statistics.median(scores) * 1000}
         result["stream_over_engine"] = result["stream_chars_per_s"] / result["engine_chars_per_s"]
@@ -137,6 +175,7 @@ def format_playground(result: dict[str, Any]) -> str:
     ]
     if "page_first_char_ms" in result:
         rows += [("page: Generate to first char", f"{result['page_first_char_ms']:.1f} ms"),
+                 ("page: one stream drawn", f"{result['page_stream_chars_per_s']:,.0f} chars/s"),
                  ("page: Score to drawn (10k chars)", f"{result['page_score_10k_drawn_ms']:.0f} ms")]
     else:
         rows.append(("page", result.get("browser", "")))

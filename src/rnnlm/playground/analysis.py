@@ -17,6 +17,7 @@ from rnnlm.models.rnn import RNNLM
 
 TOP = 5  # candidates shown for each position
 CHUNK = 512  # positions per forward: [CHUNK, vocab] probabilities stay small at 16k words
+DECIMALS = 5  # probabilities sent to the page
 
 
 def token_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
@@ -31,34 +32,52 @@ def vocabulary_pieces(tokenizer: Tokenizer) -> list[str]:
     return [tokenizer.decode([i]) for i in range(len(tokenizer))]
 
 
+def rounded(values: torch.Tensor, decimals: int = DECIMALS) -> list:
+    """``values.tolist()`` to ``decimals`` places: what the page shows, in a third of the JSON."""
+    return values.double().round(decimals=decimals).tolist()
+
+
 def top_candidates(probs: torch.Tensor, k: int = TOP) -> tuple[list[list[int]], list[list[float]]]:
-    """The ``k`` most likely ids of each row of ``probs`` [N, V] and their probabilities."""
+    """The ``k`` most likely ids of each row of ``probs`` [N, V] and their (rounded) probabilities."""
     values, ids = probs.topk(min(k, probs.size(-1)), dim=-1)
-    return ids.tolist(), values.tolist()
+    return ids.tolist(), rounded(values)
+
+
+class TokenTable:
+    """Each scored token's probability and the ``TOP`` candidates the model ranked highest
+    (``prob``, ``top_ids``, ``top_probs``); with ``settings``, the same under the distribution
+    sampling with them draws from (``sampled_*``). Fed chunk by chunk: see :meth:`add`."""
+
+    def __init__(self, settings: DecodeSettings | None = None):
+        self.settings = settings
+        self.columns: dict[str, list] = {}
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """One chunk's logits [..., V] and the targets [...] they predict."""
+        logits, targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
+        for start in range(0, targets.numel(), CHUNK):
+            rows = slice(start, start + CHUNK)
+            self._add("", logits[rows].float().softmax(-1), targets[rows])
+            if self.settings is not None:
+                self._add("sampled_", sampling_probs(logits[rows], self.settings), targets[rows])
+
+    def _add(self, prefix: str, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        ids_k, probs_k = top_candidates(probs)
+        for key, values in (("prob", rounded(probs.gather(-1, targets[:, None]).squeeze(-1))), ("top_ids", ids_k),
+                            ("top_probs", probs_k)):
+            self.columns.setdefault(prefix + key, []).extend(values)
 
 
 @torch.no_grad()
 def token_probabilities(net: nn.Module, ids: torch.Tensor, settings: DecodeSettings | None = None) -> dict[str, list]:
-    """For every token of ``ids`` after the first: the probability the model gave it
-    (``prob``, the state carried from the text's start) and the ``TOP`` candidates it
-    ranked highest (``top_ids``, ``top_probs``), as ``sample.py mode=score`` reads the text;
-    with ``settings``, the same under the distribution sampling with them would draw from
-    (``sampled_prob``, ``sampled_top_ids``, ``sampled_top_probs``)."""
-    found: dict[str, list] = {}
-
-    def add(prefix: str, p: torch.Tensor, targets: torch.Tensor) -> None:
-        ids_k, probs_k = top_candidates(p)
-        for key, values in (("prob", p.gather(-1, targets[:, None]).squeeze(-1).tolist()), ("top_ids", ids_k),
-                            ("top_probs", probs_k)):
-            found.setdefault(prefix + key, []).extend(values)
-
+    """:class:`TokenTable` of every token of ``ids`` after the first, read as ``sample.py
+    mode=score`` reads it (the state carried from the text's start)."""
+    table = TokenTable(settings)
     state = None
     for inputs, targets in lane_windows(net, ids, 1, CHUNK):
         logits, state = net(inputs, state)
-        add("", logits[0].float().softmax(-1), targets[0])
-        if settings is not None:
-            add("sampled_", sampling_probs(logits[0], settings), targets[0])
-    return found
+        table.add(logits, targets)
+    return table.columns
 
 
 def _single_layers(rnn: nn.RNNBase) -> list[nn.RNNBase]:

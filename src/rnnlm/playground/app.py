@@ -1,9 +1,14 @@
 """The playground's web app (Starlette): one page, its static files and a JSON API.
 
 Work runs off the event loop: generations each on a thread of their own (at most
-``MAX_GENERATIONS`` at once; more are refused with 503), scoring and the cell view on
-Starlette's thread pool (at most ``MAX_ANALYSES`` at once; more wait their turn). A
-generation streams Server-Sent Events; when its client goes away, it stops.
+``MAX_GENERATIONS`` at once; more are refused with 503), loading, scoring and the cell view
+on ``MAX_ANALYSES`` threads (more wait their turn). A generation streams Server-Sent Events;
+when its client goes away, it stops.
+
+Each of these threads computes with its share of torch's threads (one on a 2-core machine):
+libgomp stops spin-waiting once more OpenMP threads exist than cores, and every thread that
+has run torch keeps its own team: one idle generation thread was enough to make scoring several
+times slower on 2 cores (docs/playground.md). At batch 1 a second thread mostly waits anyway.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -114,16 +120,21 @@ class Playground:
     def __init__(self, catalogue: Catalogue, defaults: dict[str, Any]):
         self.catalogue = catalogue
         self.defaults = {k: defaults.get(k) for k in (*GENERATION_KEYS, "unknown")}
-        self.generations = ThreadPoolExecutor(MAX_GENERATIONS, thread_name_prefix="playground-generate")
+        threads = max(1, torch.get_num_threads() // (MAX_GENERATIONS + MAX_ANALYSES))
+        self.generations = ThreadPoolExecutor(MAX_GENERATIONS, "playground-generate", torch.set_num_threads, (threads,))
+        self.analysis_threads = ThreadPoolExecutor(MAX_ANALYSES, "playground-analyse", torch.set_num_threads, (threads,))
         self.slots = threading.BoundedSemaphore(MAX_GENERATIONS)
-        self.analyses = asyncio.Semaphore(MAX_ANALYSES)
 
     def default_id(self) -> str | None:
         entries = self.catalogue.entries()
         return entries[0].id if entries else None
 
     async def model(self, data: dict[str, Any]):
-        return await run_in_threadpool(self.catalogue.model, data.get("ckpt") or self.default_id())
+        return await self.compute(self.catalogue.model, data.get("ckpt") or self.default_id())
+
+    async def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on an analysis thread (queued while all are busy)."""
+        return await asyncio.get_running_loop().run_in_executor(self.analysis_threads, fn, *args)
 
     async def page(self, request: Request) -> Response:
         return FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -208,8 +219,7 @@ class Playground:
         data = await read_json(request, ("ckpt", "text", *keys))
         text = checked_text(data, "text", MAX_TEXT_CHARS)
         model = await self.model(data)
-        async with self.analyses:
-            result = await run_in_threadpool(job, model, text, *(data.get(k) for k in extra), self.defaults["unknown"] or "replace")
+        result = await self.compute(job, model, text, *(data.get(k) for k in extra), self.defaults["unknown"] or "replace")
         return JSONResponse(result)
 
     async def score(self, request: Request) -> Response:
@@ -221,8 +231,7 @@ class Playground:
         check_numbers(options, SAMPLE_OPTIONS)
         settings = DecodeSettings(temperature=options.temperature, top_k=options.top_k,
                                   top_p=options.top_p).validate(len(model.loaded.tokenizer))
-        async with self.analyses:
-            result = await run_in_threadpool(score_job, model, text, settings, self.defaults["unknown"] or "replace")
+        result = await self.compute(score_job, model, text, settings, self.defaults["unknown"] or "replace")
         return JSONResponse(result)
 
     async def cells(self, request: Request) -> Response:
@@ -254,6 +263,7 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any]) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         playground.generations.shutdown(wait=False, cancel_futures=True)
+        playground.analysis_threads.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.playground = playground

@@ -38,7 +38,9 @@ class Entry:
     mtime: float
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "step": self.step, "val_bpc": self.val_bpc, "mtime": self.mtime}
+        # An absolute id (a ckpt= outside the directory) shows as its last parts: run/checkpoints/file.
+        label = self.id if not Path(self.id).is_absolute() else "…/" + "/".join(self.path.parts[-3:])
+        return {"id": self.id, "label": label, "step": self.step, "val_bpc": self.val_bpc, "mtime": self.mtime}
 
 
 def describe(path: Path, entry_id: str) -> Entry:

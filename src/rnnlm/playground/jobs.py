@@ -13,13 +13,9 @@ import torch
 
 from rnnlm.errors import ConfigError
 from rnnlm.generation.decoding import DecodeSettings, beam_search, is_greedy, sampling_probs, steps
-from rnnlm.playground.analysis import rank_units, token_pieces, token_probabilities, top_candidates
+from rnnlm.playground.analysis import TokenTable, rank_units, rounded, token_pieces, token_probabilities, top_candidates
 from rnnlm.playground.catalogue import PlaygroundModel
 from rnnlm.sampling import DecodePlan, score_text, text_ids
-
-
-def _rounded(rows: list[list[float]]) -> list[list[float]]:
-    return [[round(p, 5) for p in row] for row in rows]
 
 
 def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int, seed: int,
@@ -39,7 +35,7 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
             details = token_probabilities(net, torch.tensor(plan.ids + tokens)) if tokens else {"prob": [], "top_ids": [], "top_probs": []}
             tail = slice(len(details["prob"]) - len(tokens), None)
             yield {"type": "beam", "stream": i, "ids": tokens, "pieces": token_pieces(tokenizer, tokens),
-                   "p": [round(p, 5) for p in details["prob"][tail]], "top": [details["top_ids"][tail], _rounded(details["top_probs"][tail])]}
+                   "p": details["prob"][tail], "top": [details["top_ids"][tail], details["top_probs"][tail]]}
             count += len(tokens)
         nll = torch.tensor(result.nll, dtype=torch.float64) * torch.tensor([max(len(t), 1) for t in result.tokens])
         first_ms = (time.perf_counter() - start) * 1000
@@ -64,8 +60,7 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
             if first_ms is None:
                 first_ms = (time.perf_counter() - start) * 1000
             yield {"type": "step", "ids": ids, "pieces": [pieces[i](t) for i, t in enumerate(ids)],
-                   "p": [round(p, 5) for p in chosen_raw.tolist()], "q": [round(p, 5) for p in chosen_adjusted.tolist()],
-                   "top": [top[0], _rounded(top[1])], "atop": [atop[0], _rounded(atop[1])]}
+                   "p": rounded(chosen_raw), "q": rounded(chosen_adjusted), "top": top, "atop": atop}
         counts = [count] * num_samples
     seconds = time.perf_counter() - start
     yield {"type": "done", "seed": seed, "tokens": sum(counts), "seconds": round(seconds, 4),
@@ -80,15 +75,15 @@ def score_job(model: PlaygroundModel, text: str, settings: DecodeSettings, unkno
     start = time.perf_counter()
     tokenizer = model.loaded.tokenizer
     ids = text_ids(model.loaded, text, unknown)
-    figures = score_text(model.loaded, ids)
-    sampled = None if is_greedy(settings) else settings
-    details = token_probabilities(model.net, ids, sampled)
+    table = TokenTable(None if is_greedy(settings) else settings)
+    figures = score_text(model.loaded, ids, each_chunk=table.add)  # one pass for both
+    details, sampled = table.columns, table.settings
     result = {"figures": figures, "ids": ids.tolist(), "pieces": token_pieces(tokenizer, ids.tolist()),
-              "p": [round(p, 6) for p in details["prob"]], "top": [details["top_ids"], _rounded(details["top_probs"])],
+              "p": details["prob"], "top": [details["top_ids"], details["top_probs"]],
               "unknown": tokenizer.unknown(text)[:20]}
     if sampled is not None:
-        result["q"] = [round(p, 6) for p in details.get("sampled_prob", [])]
-        result["atop"] = [details.get("sampled_top_ids", []), _rounded(details.get("sampled_top_probs", []))]
+        result["q"] = details.get("sampled_prob", [])
+        result["atop"] = [details.get("sampled_top_ids", []), details.get("sampled_top_probs", [])]
     result["server_ms"] = round((time.perf_counter() - start) * 1000, 2)
     return result
 
@@ -112,7 +107,7 @@ def cell_job(model: PlaygroundModel, text: str, layer: Any, state: Any, unit: An
         raise ConfigError(f"unit={unit!r}; it must be an integer in [0, {net.hidden_size - 1}] (the hidden size is {net.hidden_size})")
     pieces, states = _states(model, text, unknown)
     values = states[layer][state][:, unit]
-    return {"pieces": pieces, "values": [round(v, 4) for v in values.tolist()], "layer": layer, "state": state,
+    return {"pieces": pieces, "values": rounded(values, 4), "layer": layer, "state": state,
             "unit": unit, "max_abs": round(float(values.abs().max()), 4)}
 
 

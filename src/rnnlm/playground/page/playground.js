@@ -47,7 +47,7 @@ async function guarded(action) {
 // ---- checkpoints -----------------------------------------------------------------------
 function checkpointLabel(entry) {
   const bpc = entry.val_bpc == null ? "no val bits/char" : `val ${entry.val_bpc.toFixed(3)} bits/char`;
-  return `${entry.id} — step ${entry.step}, ${bpc}`;
+  return `${entry.label} — step ${entry.step}, ${bpc}`;
 }
 
 async function loadCheckpoints() {
@@ -272,7 +272,7 @@ async function generate() {
   $("stop").disabled = false;
   $("gen-status").textContent = "generating…";
   const pressed = performance.now();
-  let firstPaint = null;
+  let firstPaint = null, lastPaint = null, drawnChars = 0;
   try {
     const response = await fetch("/api/generate", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request), signal: controller.signal,
@@ -288,11 +288,16 @@ async function generate() {
         return;
       }
       for (const event of message.events) {
-        if (event.type === "step") addStep(event);
-        else if (event.type === "beam") addBeam(event);
+        if (event.type === "step" || event.type === "beam") {
+          if (event.type === "step") addStep(event);
+          else addBeam(event);
+          drawnChars += event.pieces.reduce((n, piece) => n + piece.length, 0);
+          lastPaint = performance.now() - pressed;
+        }
         else if (event.type === "error") throw new Error(event.error);
         else if (event.type === "done") {
           const first = firstPaint == null ? "" : `, first character after ${Math.round(firstPaint)} ms`;
+          if (lastPaint > firstPaint) $("gen-status").dataset.charsPerS = (1000 * drawnChars / (lastPaint - firstPaint)).toFixed(0);
           $("gen-status").textContent = `${event.stopped ? "stopped" : "done"}: ${event.tokens} tokens in ${event.seconds.toFixed(2)} s` +
             ` (${event.tokens_per_s ?? "–"} tokens/s)${first} · seed ${event.seed} · nll ${event.nll_per_token.map((v) => v.toFixed(3)).join(", ")} nats/token`;
           $("gen-status").dataset.done = "1";
