@@ -17,20 +17,34 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
 
 from rnnlm.checkpoint import load_model
+from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.generation.decoding import DecodeSettings
 from rnnlm.generation.decoding import generate as generate_tokens
 from rnnlm.generation.prompt import encode_prompt
 from rnnlm.models.rnn import RNNLM
 from rnnlm.playground.analysis import layer_states, rank_units, token_pieces, token_probabilities
 from rnnlm.playground.app import MAX_GENERATIONS, MAX_LENGTH, MAX_TEXT_CHARS
-from rnnlm.playground.server import bind
+from rnnlm.playground.server import bind, serve
 from rnnlm.sampling import score_text, text_ids
-from tests.conftest import running_playground
+from tests.conftest import CONF_DIR, running_playground
 from tests.processes import ROOT, run_script, started
 
 TEXT = "ROMEO:\nWhat light through yonder window breaks?\n\nJULIET:\nAy me!\n"
+
+
+def sample_config(tmp_path: Path, *overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("sample", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+    return cfg
 
 
 def events_of(response: httpx.Response) -> list[dict]:
@@ -298,16 +312,24 @@ def test_serve_from_the_command_line_prints_its_url_and_stops_on_ctrl_c(tmp_path
 
 
 @pytest.mark.slow
-def test_serve_refuses_a_busy_port_and_an_empty_outputs_dir(tmp_path, trained):
+def test_serve_refuses_a_busy_port_from_the_command_line(tmp_path, trained):
     sock = bind("127.0.0.1", 0)
     try:
         port = sock.getsockname()[1]
         busy = run_script("sample.py", "mode=serve", f"port={port}", f"checkpoints={trained['dir']}", cwd=tmp_path)
         assert busy.returncode == 2 and f"error: port {port} on 127.0.0.1 is in use" in busy.stderr
+        assert "Traceback" not in busy.stderr
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (["checkpoints=empty"], CheckpointError, "no checkpoint that loads under"),
+    (["checkpoints=missing"], ConfigError, "checkpoints=.*missing does not exist; train one with `make train`"),
+    (["port=70000"], ConfigError, "port=70000 is not allowed: it must be an integer >= 0 and <= 65535"),
+    (["host=no.such.host.invalid"], ConfigError, "host='no.such.host.invalid' is not an address of this machine"),
+])
+def test_serve_refuses_bad_settings_before_listening(tmp_path, overrides, error, match):
     (tmp_path / "empty").mkdir()
-    empty = run_script("sample.py", "mode=serve", "port=0", "checkpoints=empty", cwd=tmp_path)
-    assert empty.returncode == 2 and "no checkpoint that loads under" in empty.stderr and "make train" in empty.stderr
-    bad = run_script("sample.py", "mode=serve", "port=70000", cwd=tmp_path)
-    assert bad.returncode == 2 and "port=70000 is not allowed" in bad.stderr
+    with pytest.raises(error, match=match):
+        serve(sample_config(tmp_path, "mode=serve", "port=0", *overrides))

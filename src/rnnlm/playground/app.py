@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,6 +53,7 @@ MAX_SAMPLES = 8
 MAX_GENERATIONS = 8
 MAX_ANALYSES = 4
 EVENTS_PER_MESSAGE = 256
+FLUSH_SECONDS = 0.02  # a generation's steps reach the page in batches at most this far apart
 # What a generation request may set: sample.py's options of the same names.
 SCORE_SAMPLING_KEYS = ("temperature", "top_k", "top_p")  # the candidates' second table: what sampling draws from
 GENERATION_KEYS = ("prompt", "strategy", "temperature", "top_k", "top_p", "length", "seed", "num_samples",
@@ -175,19 +177,27 @@ class Playground:
         cancelled = threading.Event()
         unknown = model.loaded.tokenizer.unknown(plan.prompt.rstrip() or plan.prompt) if plan.prompt else []
 
-        def put(event: dict[str, Any]) -> None:
+        def put(events: list[dict[str, Any]]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: the server is stopping
-                loop.call_soon_threadsafe(queue.put_nowait, event)
+                loop.call_soon_threadsafe(queue.put_nowait, events)
 
         def work() -> None:
+            # Steps go out in batches, the first at once, then at most every FLUSH_SECONDS: each
+            # hand-over wakes the event loop, which per token would cost more than the token.
+            pending: list[dict[str, Any]] = []
+            flushed = 0.0
             try:
                 for event in generation_events(model, plan, settings.num_samples, seed, cancelled):
-                    put(event)
+                    pending.append(event)
+                    now = time.perf_counter()
+                    if event["type"] != "step" or now - flushed >= FLUSH_SECONDS or len(pending) >= EVENTS_PER_MESSAGE:
+                        put(pending)
+                        pending, flushed = [], now
                 log.info("generation %s after %d tokens (%s tokens/s)", "stopped: its client left" if event["stopped"]
                          else "done", event["tokens"], event["tokens_per_s"])
             except Exception as err:  # reported to the page; the server goes on
                 log.exception("generation failed")
-                put({"type": "error", "error": str(err) if isinstance(err, RnnlmError) else f"{type(err).__name__}: {err}"})
+                put([*pending, {"type": "error", "error": str(err) if isinstance(err, RnnlmError) else f"{type(err).__name__}: {err}"}])
             finally:
                 self.slots.release()
 
@@ -202,9 +212,9 @@ class Playground:
                 yield message({"type": "start", "seed": seed, "num_samples": settings.num_samples,
                                "strategy": plan.settings.strategy, "prompt": plan.prompt, "unknown": unknown[:20]})
                 while True:
-                    batch = [await queue.get()]
+                    batch = await queue.get()
                     while not queue.empty() and len(batch) < EVENTS_PER_MESSAGE:
-                        batch.append(queue.get_nowait())
+                        batch += queue.get_nowait()
                     yield message({"type": "batch", "events": batch})
                     if batch[-1]["type"] in ("done", "error"):
                         return
@@ -246,7 +256,8 @@ def message(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
-def create_app(catalogue: Catalogue, defaults: dict[str, Any]) -> Starlette:
+def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callable[[], None] | None = None) -> Starlette:
+    """The app; ``on_ready()`` runs once it is serving (to print its address then, not before)."""
     playground = Playground(catalogue, defaults)
     routes = [
         Route("/", handles_errors(playground.page)),
@@ -261,6 +272,8 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any]) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if on_ready is not None:
+            on_ready()
         yield
         playground.generations.shutdown(wait=False, cancel_futures=True)
         playground.analysis_threads.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,12 @@ def running_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
         sock.close()
 
 
-def app_for(cfg: DictConfig, catalogue):
+def app_for(cfg: DictConfig, catalogue, on_ready: Callable[[], None] | None = None):
     """The app, with ``cfg``'s decoding options (sample.py's) as the page's defaults."""
     from rnnlm.playground.app import create_app
 
     options = OmegaConf.to_container(cfg, resolve=False)
-    return create_app(catalogue, {k: v for k, v in options.items() if not isinstance(v, (dict, list))})
+    return create_app(catalogue, {k: v for k, v in options.items() if not isinstance(v, (dict, list))}, on_ready)
 
 
 def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -129,12 +129,15 @@ def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     sock = bind(host, cfg.get("port", 8765))
     try:
         catalogue = catalogue_from(cfg)
-        app = app_for(cfg, catalogue)
-        if not is_loopback(host):
-            log.warning("listening on %s: anyone who can reach this machine's port %d can use the models and see "
-                        "the list of checkpoints under %s", host, sock.getsockname()[1], catalogue.root)
         url = url_of(sock)
-        print(f"playground: {url}  (checkpoints under {catalogue.root}; Ctrl-C stops it)", flush=True)
+
+        def ready() -> None:
+            if not is_loopback(host):
+                log.warning("listening on %s: anyone who can reach this machine's port %d can use the models and see "
+                            "the list of checkpoints under %s", host, sock.getsockname()[1], catalogue.root)
+            print(f"playground: {url}  (checkpoints under {catalogue.root}; Ctrl-C stops it)", flush=True)
+
+        app = app_for(cfg, catalogue, ready)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS, lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])
     finally:

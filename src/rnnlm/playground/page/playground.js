@@ -226,12 +226,11 @@ function colourOf(token) {
   return confidence(p);
 }
 
-function addStep(event) {
+function addStep(event, fragments) {
   event.ids.forEach((id, i) => {
     const token = { id, piece: event.pieces[i], p: event.p[i], q: event.q[i],
       top: [event.top[0][i], event.top[1][i]], atop: [event.atop[0][i], event.atop[1][i]] };
-    const sample = state.samples[i];
-    sample.body.append(tokenSpan(sample.view, token, colourOf(token)));
+    fragments[i].append(tokenSpan(state.samples[i].view, token, colourOf(token)));
   });
 }
 
@@ -287,25 +286,30 @@ async function generate() {
         if (message.unknown.length) showError(`the prompt has pieces not in the vocabulary, read as <unk>: ${message.unknown.join(" ")}`);
         return;
       }
+      const fragments = state.samples.map(() => document.createDocumentFragment());  // one insertion per message
+      let done = null;
       for (const event of message.events) {
-        if (event.type === "step" || event.type === "beam") {
-          if (event.type === "step") addStep(event);
-          else addBeam(event);
-          drawnChars += event.pieces.reduce((n, piece) => n + piece.length, 0);
-          lastPaint = performance.now() - pressed;
-        }
+        if (event.type === "step") addStep(event, fragments);
+        else if (event.type === "beam") addBeam(event);
         else if (event.type === "error") throw new Error(event.error);
-        else if (event.type === "done") {
-          const first = firstPaint == null ? "" : `, first character after ${Math.round(firstPaint)} ms`;
-          if (lastPaint > firstPaint) $("gen-status").dataset.charsPerS = (1000 * drawnChars / (lastPaint - firstPaint)).toFixed(0);
-          $("gen-status").textContent = `${event.stopped ? "stopped" : "done"}: ${event.tokens} tokens in ${event.seconds.toFixed(2)} s` +
-            ` (${event.tokens_per_s ?? "–"} tokens/s)${first} · seed ${event.seed} · nll ${event.nll_per_token.map((v) => v.toFixed(3)).join(", ")} nats/token`;
-          $("gen-status").dataset.done = "1";
-        }
-        if (firstPaint == null && (event.type === "step" || event.type === "beam")) {
-          firstPaint = performance.now() - pressed;
+        else if (event.type === "done") done = event;
+        if (event.pieces) drawnChars += event.pieces.reduce((n, piece) => n + piece.length, 0);
+      }
+      fragments.forEach((fragment, i) => state.samples[i].body.append(fragment));
+      if (message.events.some((event) => event.pieces)) {
+        lastPaint = performance.now() - pressed;
+        if (firstPaint == null) {
+          firstPaint = lastPaint;
           $("gen-status").dataset.firstMs = firstPaint.toFixed(1);
         }
+      }
+      if (done) {
+        const status = $("gen-status");
+        const first = firstPaint == null ? "" : `, first character after ${Math.round(firstPaint)} ms`;
+        if (lastPaint > firstPaint) status.dataset.charsPerS = (1000 * drawnChars / (lastPaint - firstPaint)).toFixed(0);
+        status.textContent = `${done.stopped ? "stopped" : "done"}: ${done.tokens} tokens in ${done.seconds.toFixed(2)} s` +
+          ` (${done.tokens_per_s ?? "–"} tokens/s)${first} · seed ${done.seed} · nll ${done.nll_per_token.map((v) => v.toFixed(3)).join(", ")} nats/token`;
+        status.dataset.done = "1";
       }
     });
   } catch (err) {
