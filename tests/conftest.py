@@ -121,8 +121,9 @@ def running_playground(root: Path, *overrides: str) -> Iterator[tuple[str, Any]]
         yield url, app.state.playground
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playground(trained: dict) -> Iterator[tuple[str, Any]]:
-    """(URL, Playground) of a server offering the tiny run's checkpoints."""
+    """(URL, Playground) of a server offering the tiny run's checkpoints (one per test module:
+    stopping it puts torch's thread settings back)."""
     with running_playground(trained["dir"]) as served:
         yield served

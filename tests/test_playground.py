@@ -157,6 +157,8 @@ def test_greedy_and_beam_generations(playground):
     assert all(s["ids"][0] == s["top"][0][0][0] and s["atop"][1][0] == [1.0] for s in greedy)
     beams = [e for e in generate(url, prompt="The ", length=15, strategy="beam", num_samples=2) if e["type"] == "beam"]
     assert [b["stream"] for b in beams] == [0, 1] and all(len(b["ids"]) == 15 == len(b["p"]) for b in beams)
+    empty = generate(url, prompt="The ", length=0, strategy="beam")  # its NLL is NaN: sent as null
+    assert empty[-1]["type"] == "done" and empty[-1]["nll_per_token"] == [None]
 
 
 def test_scoring_gives_the_numbers_of_score_mode(playground, trained):
@@ -190,7 +192,7 @@ def test_cell_view_and_find_cells(playground):
     ("api/generate", {"temperature": -1}, "temperature=-1 is not allowed: it must be a finite number >= 0"),
     ("api/generate", {"top_p": 2}, "top_p=2 is not allowed"),
     ("api/generate", {"strategy": "nucleus"}, "strategy='nucleus'; use one of"),
-    ("api/generate", {"length": MAX_LENGTH + 1}, f"above the playground's cap of {MAX_LENGTH} tokens"),
+    ("api/generate", {"length": MAX_LENGTH + 1}, f"length={MAX_LENGTH + 1} is above the playground's cap of {MAX_LENGTH}"),
     ("api/generate", {"num_samples": 50}, "num_samples=50 is above the playground's cap"),
     ("api/generate", {"prompt": "x" * 10_001}, "the prompt has 10,001 characters"),
     ("api/generate", {"length": "many"}, "length='many' is not allowed"),
@@ -202,6 +204,8 @@ def test_cell_view_and_find_cells(playground):
     ("api/score", {"text": "a"}, "at least two tokens"),
     ("api/score", {"text": "ab", "top_k": 0}, "top_k=0 is not allowed"),
     ("api/cells", {"text": "abc", "layer": 0, "state": "cell", "unit": 999}, "unit=999; it must be an integer in [0, 47]"),
+    ("api/generate", {"beam_width": 1000000, "strategy": "beam"}, "beam_width=1000000 is above the playground's cap of 16"),
+    ("api/generate", {"strategy": "beam", "length": 4000}, "too long for beam search (at most 1000)"),
 ])
 def test_bad_requests_get_one_line_errors(playground, path, body, match):
     url, _ = playground
@@ -213,23 +217,79 @@ def test_bad_requests_get_one_line_errors(playground, path, body, match):
 
 def test_malformed_and_oversized_bodies(playground):
     url, _ = playground
-    assert httpx.post(url + "api/score", content=b"{not json").json()["error"] == "the request body is not JSON"
+    as_json = {"Content-Type": "application/json"}
+    assert httpx.post(url + "api/score", content=b"{not json", headers=as_json).json()["error"] == "the request body is not JSON"
     assert "JSON object" in httpx.post(url + "api/score", json=[1, 2]).json()["error"]
-    big = httpx.post(url + "api/score", content=b"x" * (2 << 20))
+    big = httpx.post(url + "api/score", content=b"x" * (2 << 20), headers=as_json)
     assert big.status_code == 400 and "at most 1048576" in big.json()["error"]
-    assert httpx.get(url + "static/../../conftest.py").status_code == 404
+    chunked = httpx.post(url + "api/score", content=iter([b"x" * (1 << 19)] * 4), headers=as_json)  # no length
+    assert chunked.status_code == 400 and "at most 1048576" in chunked.json()["error"]
+    # A form or text/plain POST (what another web page may send here unasked) is refused.
+    plain = httpx.post(url + "api/generate", content=b'{"length": 5}', headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 400 and "Content-Type: application/json" in plain.json()["error"]
+    assert httpx.get(url + "static/%2e%2e/%2e%2e/conftest.py").status_code == 404
+    assert httpx.get(url + "static/..%2f..%2fapp.py").status_code == 404
     assert httpx.get(url + "api/nothing").status_code == 404
 
 
-def test_a_client_that_disconnects_stops_its_generation(playground, caplog):
+def test_only_this_machines_names_are_served(playground):
+    url, _ = playground
+    port = url.rsplit(":", 1)[1].strip("/")
+    assert httpx.get(url, headers={"Host": f"localhost:{port}"}).status_code == 200
+    rebound = httpx.get(url + "api/checkpoints", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 400  # a DNS-rebinding page names its own host
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": "${oc.env:HOME}", "length": 3},
+    {"prompt": "echo ${HOME} ${", "length": 3},
+])
+def test_prompts_are_plain_text(playground, body):
+    start = generate(playground[0], **body)[0]
+    assert start["prompt"] == body["prompt"]  # as typed: nothing in it is resolved
+
+
+def test_values_are_never_resolved_as_interpolations(playground):
+    url, _ = playground
+    for path, body in (("api/score", {"text": "ab", "temperature": "${oc.env:HOME}"}),
+                       ("api/generate", {"length": "${oc.decode:'null'}"})):
+        response = httpx.post(url + path, json=body)
+        assert response.status_code == 400 and "is not allowed" in response.json()["error"]
+        assert "${" in response.json()["error"] and "/root" not in response.json()["error"]
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    """Generations wait for ``gate`` before their first step, and take 2 ms a step after it:
+    tests of concurrency and of leaving clients do not depend on how fast the model is."""
+    import rnnlm.playground.app as app_module
+
+    gate = threading.Event()
+    real = app_module.generation_events
+
+    def slow(*args, **kwargs):
+        gate.wait(60)
+        for event in real(*args, **kwargs):
+            time.sleep(0.002)
+            yield event
+
+    monkeypatch.setattr(app_module, "generation_events", slow)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+def test_a_client_that_disconnects_stops_its_generation(playground, gated, caplog):
     url, app = playground
     caplog.set_level(logging.INFO, logger="rnnlm.playground.app")
+    gated.set()
     with httpx.stream("POST", url + "api/generate", json={"length": MAX_LENGTH, "prompt": "A"}, timeout=30) as response:
         lines = response.iter_lines()
         first = [next(lines) for _ in range(3)]  # start, a blank line, the first batch
         assert first[0].startswith("data: ") and '"start"' in first[0]
     deadline = time.monotonic() + 20
-    while app.slots._value != MAX_GENERATIONS:  # every slot free again: the worker stopped
+    while app.running:  # the worker stopped
         assert time.monotonic() < deadline, "the generation went on after its client left"
         time.sleep(0.05)
     ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation ")]
@@ -237,7 +297,7 @@ def test_a_client_that_disconnects_stops_its_generation(playground, caplog):
     assert int(ended[-1].split(" after ")[1].split()[0]) < MAX_LENGTH
 
 
-def test_twenty_requests_at_once_are_served_or_refused_cleanly(playground):
+def test_twenty_requests_at_once_are_served_or_refused_cleanly(playground, gated):
     url, app = playground
     results: list[tuple[int, str]] = []
     lock = threading.Lock()
@@ -257,19 +317,26 @@ def test_twenty_requests_at_once_are_served_or_refused_cleanly(playground):
             results.append((status, outcome))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    # While they run, the page still answers.
-    assert httpx.get(url + "api/checkpoints", timeout=30).status_code == 200
-    assert httpx.post(url + "api/score", json={"text": TEXT}, timeout=60).status_code == 200
-    for t in threads:
-        t.join(timeout=120)
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(results) < 20 - MAX_GENERATIONS:  # the ones past the limit are refused at once
+            assert time.monotonic() < deadline, results
+            time.sleep(0.02)
+        assert app.running == MAX_GENERATIONS
+        # While they run, the page still answers.
+        assert httpx.get(url + "api/checkpoints", timeout=30).status_code == 200
+        assert httpx.post(url + "api/score", json={"text": TEXT}, timeout=60).status_code == 200
+    finally:
+        gated.set()
+        for t in threads:
+            t.join(timeout=120)
     assert len(results) == 20
     served = [r for r in results if r == (200, "done")]
     refused = [r for r in results if r[0] == 503]
-    assert len(served) + len(refused) == 20, results
-    assert served and all("generations are running" in msg for _, msg in refused)
-    assert len(served) >= MAX_GENERATIONS or not refused
+    assert len(served) == MAX_GENERATIONS and len(refused) == 20 - MAX_GENERATIONS, results
+    assert all("8 generations are running (the playground's limit)" in msg for _, msg in refused)
     assert generate(url, length=5)[-1]["type"] == "done"  # and it goes on serving
 
 
@@ -288,6 +355,12 @@ def test_switching_checkpoints_and_newly_saved_ones(tmp_path, trained):
         assert ids == ["runs/a/checkpoints/last.ckpt", "runs/a/checkpoints/best.ckpt"]
         for ckpt in ids:
             assert httpx.post(url + "api/score", json={"ckpt": ckpt, "text": TEXT}).status_code == 200
+    # Its threads computed with one torch thread each; a thread started now gets the default again.
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [torch.get_num_threads()]
 
 
 # ---- sample.py mode=serve -------------------------------------------------------------
@@ -327,7 +400,7 @@ def test_serve_refuses_a_busy_port_from_the_command_line(tmp_path, trained):
     (["checkpoints=empty"], CheckpointError, "no checkpoint that loads under"),
     (["checkpoints=missing"], ConfigError, "checkpoints=.*missing does not exist; train one with `make train`"),
     (["port=70000"], ConfigError, "port=70000 is not allowed: it must be an integer >= 0 and <= 65535"),
-    (["host=no.such.host.invalid"], ConfigError, "host='no.such.host.invalid' is not an address of this machine"),
+    (["ckpt=missing.ckpt"], CheckpointError, "ckpt=.*missing.ckpt does not exist"),
 ])
 def test_serve_refuses_bad_settings_before_listening(tmp_path, overrides, error, match):
     (tmp_path / "empty").mkdir()

@@ -152,13 +152,16 @@ def test_cell_view_colours_text_and_find_cells_picks_a_unit(page):
     assert page.input_value("#unit") == unit
 
 
-def test_switching_checkpoints(page):
-    options = page.locator("#ckpt option")
-    second = options.nth(1).get_attribute("value")
-    page.select_option("#ckpt", second)
-    page.wait_for_function("document.querySelector('#model-info').textContent.includes('step')")
+def test_switching_checkpoints(page, playground):
+    _, app = playground
+    entries = app.catalogue.entries()
+    first, other = entries[0], next(e for e in entries if e.step != entries[0].step)
+    assert page.input_value("#ckpt") == first.id and f"step {first.step}" in page.inner_text("#model-info")
+    page.select_option("#ckpt", other.id)
+    page.wait_for_function(f"document.querySelector('#model-info').textContent.endsWith('step {other.step}')")
     page.click("button[data-tab='score']")
     page.fill("#score-text", TEXT)
     page.click("#score")
     page.wait_for_selector("#score-timing[data-total-ms]", timeout=60_000)
-    assert "loss " in page.inner_text("#score-figures")
+    loaded = load_model(other.path)
+    assert f"loss {score_text(loaded, text_ids(loaded, TEXT))['loss']:.4f}" in page.inner_text("#score-figures")

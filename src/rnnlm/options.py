@@ -207,17 +207,22 @@ def display(key: str) -> str:
     return parts[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts[1:])
 
 
+def check_value(key: str, value: Any, rules: dict[str, Number]) -> None:
+    """Raise a one-line :class:`ConfigError` if ``value`` breaks the rule for ``key``."""
+    rule = rule_for(key, rules)
+    if rule is None or rule.accepts(value):
+        return
+    shown = repr(value) if isinstance(value, str) else value
+    raise ConfigError(
+        f"{display(key)}={shown} is not allowed: it must be {rule.allowed()}; "
+        "change the override (or drop it for the default)"
+    )
+
+
 def check_numbers(cfg: DictConfig, rules: dict[str, Number]) -> None:
     """Raise a one-line :class:`ConfigError` for the first option that breaks its rule."""
     for key, value in leaves(cfg):
-        rule = rule_for(key, rules)
-        if rule is None or rule.accepts(value):
-            continue
-        shown = repr(value) if isinstance(value, str) else value
-        raise ConfigError(
-            f"{display(key)}={shown} is not allowed: it must be {rule.allowed()}; "
-            "change the override (or drop it for the default)"
-        )
+        check_value(key, value, rules)
 
 
 def _describe_problem(path: Path) -> str | None:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +78,7 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     return score_text(loaded, text_ids(loaded, text, cfg.get("unknown", "replace")))
 
 
-def settings_from(cfg: DictConfig) -> DecodeSettings:
+def settings_from(cfg: Mapping[str, Any]) -> DecodeSettings:
     return DecodeSettings(
         strategy=cfg.strategy, temperature=cfg.temperature, top_k=cfg.get("top_k"), top_p=cfg.get("top_p"),
         beam_width=cfg.get("beam_width", 5), length_penalty=cfg.get("length_penalty", 0.0),
@@ -100,24 +100,25 @@ class DecodePlan:
         return self.settings.strategy in ("beam", "stochastic_beam")
 
 
-def decode_plan(cfg: DictConfig, tokenizer: Tokenizer, prompt: str) -> DecodePlan:
-    """Check ``cfg``'s decoding options against the checkpoint's vocabulary; one-line errors."""
+def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Callable[[], str],
+                max_beam_length: int = MAX_BEAM_LENGTH) -> DecodePlan:
+    """Check ``cfg``'s decoding options against the checkpoint's vocabulary (one-line errors),
+    then read the prompt and encode it and the stop string."""
     settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
     length = cfg.length
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ConfigError(f"length={length!r}; it must be an integer >= 0 (new tokens per sample)")
-    plan = DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),
+    if settings.strategy in ("beam", "stochastic_beam") and length > max_beam_length:
+        raise ConfigError(f"length={length} is too long for beam search (at most {max_beam_length}); use strategy=sample")
+    prompt = read_prompt()
+    return DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),
                       encode_stop(tokenizer, cfg.stop) if cfg.get("stop") else [])
-    if plan.beam and length > MAX_BEAM_LENGTH:
-        raise ConfigError(f"length={length} is too long for beam search (at most {MAX_BEAM_LENGTH}); use strategy=sample")
-    return plan
 
 
 def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
-    prompt = read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or ""
-    plan = decode_plan(cfg, tokenizer, prompt)
-    settings, length, ids, stop, beam = plan.settings, plan.length, plan.ids, plan.stop, plan.beam
+    plan = decode_plan(cfg, tokenizer, lambda: read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or "")
+    prompt, settings, length, ids, stop, beam = plan.prompt, plan.settings, plan.length, plan.ids, plan.stop, plan.beam
     keep = cfg.get("keep_tokens")
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ConfigError(f"keep_tokens={keep!r}; it must be an integer >= 1 (tokens per sample kept in memory) or null")

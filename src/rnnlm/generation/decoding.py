@@ -242,8 +242,10 @@ def beam_search(
     settings: DecodeSettings | None = None,
     seed: int | None = None,
     stop: Sequence[int] = (),
+    should_stop: Callable[[], bool] | None = None,
 ) -> Generation:
-    """Keep the ``beam_width`` most likely continuations by summed log-probability.
+    """Keep the ``beam_width`` most likely continuations by summed log-probability
+    (``should_stop()``, checked every step, ends the search early with the beams so far).
 
     ``stochastic_beam`` samples each beam's candidates from softmax(logits / T) instead of
     taking its top ones, then prunes to the most likely ``beam_width`` as usual. Beams
@@ -264,6 +266,8 @@ def beam_search(
     seqs = torch.zeros(1, 0, dtype=torch.long, device=device)
     finished: list[tuple[list[int], float]] = []
     for _ in range(length):
+        if should_stop is not None and should_stop():
+            break
         logp = F.log_softmax(logits.float(), -1)  # [beams, V]
         vocab = logp.size(-1)
         if settings.strategy == "stochastic_beam" and settings.temperature > 0:

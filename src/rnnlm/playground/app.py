@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -26,20 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from rnnlm.errors import ConfigError, RnnlmError
+from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.errors import CheckpointError, ConfigError, RnnlmError
 from rnnlm.generation.decoding import DecodeSettings
-from rnnlm.options import SAMPLE_OPTIONS, check_numbers
-from rnnlm.playground.catalogue import Catalogue
+from rnnlm.options import SAMPLE_OPTIONS, check_value
+from rnnlm.playground.catalogue import Catalogue, PlaygroundModel
 from rnnlm.playground.jobs import cell_job, find_job, generation_events, score_job
-from rnnlm.sampling import decode_plan
+from rnnlm.sampling import DecodePlan, decode_plan
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).with_name("page")
@@ -56,6 +59,8 @@ EVENTS_PER_MESSAGE = 256
 FLUSH_SECONDS = 0.02  # a generation's steps reach the page in batches at most this far apart
 # What a generation request may set: sample.py's options of the same names.
 SCORE_SAMPLING_KEYS = ("temperature", "top_k", "top_p")  # the candidates' second table: what sampling draws from
+MAX_BEAM_WIDTH = 16  # beams' state and sequences grow with the width
+MAX_BEAM_LENGTH = 1_000  # beam search streams nothing until it ends
 GENERATION_KEYS = ("prompt", "strategy", "temperature", "top_k", "top_p", "length", "seed", "num_samples",
                    "beam_width", "length_penalty")
 
@@ -64,13 +69,19 @@ class Busy(RnnlmError):
     """Every generation slot is taken: the client should try again (HTTP 503)."""
 
 
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def error_response(err: Exception) -> JSONResponse:
     if isinstance(err, Busy):
-        return JSONResponse({"error": str(err)}, status_code=503)
+        return JSONResponse({"error": one_line(err)}, status_code=503)
     if isinstance(err, RnnlmError):
-        return JSONResponse({"error": str(err)}, status_code=400)
+        return JSONResponse({"error": one_line(err)}, status_code=400)
     log.exception("request failed")
-    return JSONResponse({"error": f"the server failed on this request ({type(err).__name__}: {err})"}, status_code=500)
+    return JSONResponse({"error": f"the server failed on this request ({type(err).__name__}: {one_line(err)})"},
+                        status_code=500)
 
 
 def handles_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -86,12 +97,20 @@ def handles_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callabl
 
 
 async def read_json(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object, whose keys must be among ``allowed``. Only ``application/json``
+    is taken: a form or ``text/plain`` POST, which any web page may send to this port without
+    asking, is refused."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise ConfigError("send the request as JSON (Content-Type: application/json)")
+    too_big = f"the request is over {MAX_BODY_BYTES} bytes; the playground takes at most {MAX_BODY_BYTES}"
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-        raise ConfigError(f"the request is {int(size)} bytes; the playground takes at most {MAX_BODY_BYTES}")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ConfigError(f"the request is {len(body)} bytes; the playground takes at most {MAX_BODY_BYTES}")
+        raise ConfigError(too_big)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ConfigError(too_big)
     try:
         data = json.loads(body or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -122,17 +141,31 @@ class Playground:
     def __init__(self, catalogue: Catalogue, defaults: dict[str, Any]):
         self.catalogue = catalogue
         self.defaults = {k: defaults.get(k) for k in (*GENERATION_KEYS, "unknown")}
-        threads = max(1, torch.get_num_threads() // (MAX_GENERATIONS + MAX_ANALYSES))
+        # torch.set_num_threads in a worker also sets the default of threads started later:
+        # ``close`` puts it back, so a process that hosted the app (a test) is as it was.
+        self.torch_threads = torch.get_num_threads()
+        threads = max(1, self.torch_threads // (MAX_GENERATIONS + MAX_ANALYSES))
         self.generations = ThreadPoolExecutor(MAX_GENERATIONS, "playground-generate", torch.set_num_threads, (threads,))
         self.analysis_threads = ThreadPoolExecutor(MAX_ANALYSES, "playground-analyse", torch.set_num_threads, (threads,))
         self.slots = threading.BoundedSemaphore(MAX_GENERATIONS)
+        self.running = 0  # generations whose thread has not ended
+        self._running_lock = threading.Lock()
 
-    def default_id(self) -> str | None:
-        entries = self.catalogue.entries()
-        return entries[0].id if entries else None
+    def close(self) -> None:
+        self.generations.shutdown(wait=False, cancel_futures=True)
+        self.analysis_threads.shutdown(wait=False, cancel_futures=True)
+        torch.set_num_threads(self.torch_threads)
 
-    async def model(self, data: dict[str, Any]):
-        return await self.compute(self.catalogue.model, data.get("ckpt") or self.default_id())
+    def _model(self, ckpt: Any) -> PlaygroundModel:
+        if not ckpt:
+            entries = self.catalogue.entries()
+            if not entries:
+                raise CheckpointError(f"no checkpoint under {self.catalogue.root}/ any more; train one with make train")
+            ckpt = entries[0].id
+        return self.catalogue.model(ckpt)
+
+    async def model(self, data: dict[str, Any]) -> PlaygroundModel:
+        return await self.compute(self._model, data.get("ckpt"))
 
     async def compute(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` on an analysis thread (queued while all are busy)."""
@@ -153,17 +186,25 @@ class Playground:
         model = await self.model(data)
         return JSONResponse(model.info())
 
-    def plan(self, data: dict[str, Any], tokenizer):
-        settings = OmegaConf.create({**self.defaults, **{k: v for k, v in data.items() if k != "ckpt"}})
-        check_numbers(settings, SAMPLE_OPTIONS)
-        if settings.length > MAX_LENGTH:
-            raise ConfigError(f"length={settings.length} is above the playground's cap of {MAX_LENGTH} tokens; "
-                              f"use sample.py length={settings.length} for longer texts")
-        if settings.num_samples > MAX_SAMPLES:
-            raise ConfigError(f"num_samples={settings.num_samples} is above the playground's cap of {MAX_SAMPLES}")
-        checked_text(data, "prompt", MAX_PROMPT_CHARS, required=False)
-        prompt = str(settings.prompt or "")
-        return decode_plan(settings, tokenizer, prompt), settings
+    def settings(self, data: dict[str, Any], keys: tuple[str, ...]) -> Options:
+        """The request's values for ``keys`` over the defaults, each checked by the rule
+        sample.py's option of that name has. Plain values: a client's text never goes
+        through OmegaConf, which would resolve ``${...}`` in it."""
+        options = Options({k: self.defaults.get(k) for k in keys}, unknown=self.defaults["unknown"] or "replace")
+        options.update({k: data[k] for k in keys if k in data})
+        for key in keys:
+            check_value(key, options[key], SAMPLE_OPTIONS)
+        return options
+
+    def plan(self, data: dict[str, Any], tokenizer: Tokenizer) -> tuple[DecodePlan, Options]:
+        settings = self.settings(data, tuple(k for k in GENERATION_KEYS if k != "prompt"))
+        for key, cap in (("length", MAX_LENGTH), ("num_samples", MAX_SAMPLES), ("beam_width", MAX_BEAM_WIDTH)):
+            if settings[key] > cap:
+                raise ConfigError(f"{key}={settings[key]} is above the playground's cap of {cap}; "
+                                  f"sample.py {key}={settings[key]} has none")
+        prompt = checked_text(data, "prompt", MAX_PROMPT_CHARS, required=False) if "prompt" in data else \
+            str(self.defaults.get("prompt") or "")
+        return decode_plan(settings, tokenizer, lambda: prompt, MAX_BEAM_LENGTH), settings
 
     async def generate(self, request: Request) -> Response:
         data = await read_json(request, (*GENERATION_KEYS, "ckpt"))
@@ -172,6 +213,8 @@ class Playground:
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
         if not self.slots.acquire(blocking=False):
             raise Busy(f"{MAX_GENERATIONS} generations are running (the playground's limit); try again when one ends")
+        with self._running_lock:
+            self.running += 1
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         cancelled = threading.Event()
@@ -199,12 +242,12 @@ class Playground:
                 log.exception("generation failed")
                 put([*pending, {"type": "error", "error": str(err) if isinstance(err, RnnlmError) else f"{type(err).__name__}: {err}"}])
             finally:
-                self.slots.release()
+                self.ended()
 
         try:
             self.generations.submit(work)
         except RuntimeError:  # shutting down
-            self.slots.release()
+            self.ended()
             raise Busy("the playground is stopping") from None
 
         async def events() -> AsyncIterator[str]:
@@ -215,14 +258,24 @@ class Playground:
                     batch = await queue.get()
                     while not queue.empty() and len(batch) < EVENTS_PER_MESSAGE:
                         batch += queue.get_nowait()
-                    yield message({"type": "batch", "events": batch})
+                    try:
+                        text = message({"type": "batch", "events": batch})
+                    except (TypeError, ValueError) as err:  # ours: the page gets a line, the log the cause
+                        log.exception("a generation event could not be sent")
+                        batch = [{"type": "error", "error": f"the server could not send a step ({one_line(err)})"}]
+                        text = message({"type": "batch", "events": batch})
+                    yield text
                     if batch[-1]["type"] in ("done", "error"):
                         return
-            finally:  # the client went away (or the stream ended): stop generating
+            finally:  # the stream ended
                 cancelled.set()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return EventStream(events(), cancelled.set)
+
+    def ended(self) -> None:
+        with self._running_lock:
+            self.running -= 1
+        self.slots.release()
 
     async def analysis(self, request: Request, keys: tuple[str, ...], job: Callable[..., dict[str, Any]],
                        extra: tuple[str, ...] = ()) -> Response:
@@ -235,10 +288,8 @@ class Playground:
     async def score(self, request: Request) -> Response:
         data = await read_json(request, ("ckpt", "text", *SCORE_SAMPLING_KEYS))
         text = checked_text(data, "text", MAX_TEXT_CHARS)
+        options = self.settings(data, SCORE_SAMPLING_KEYS)
         model = await self.model(data)
-        options = OmegaConf.create({**{k: self.defaults[k] for k in SCORE_SAMPLING_KEYS},
-                                    **{k: data[k] for k in SCORE_SAMPLING_KEYS if k in data}})
-        check_numbers(options, SAMPLE_OPTIONS)
         settings = DecodeSettings(temperature=options.temperature, top_k=options.top_k,
                                   top_p=options.top_p).validate(len(model.loaded.tokenizer))
         result = await self.compute(score_job, model, text, settings, self.defaults["unknown"] or "replace")
@@ -251,13 +302,52 @@ class Playground:
         return await self.analysis(request, (), find_job)
 
 
+class Options(dict):
+    """Checked settings, read as ``options.key`` or ``options.get(key)`` as a config is."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class EventStream(StreamingResponse):
+    """A Server-Sent Events response that calls ``on_close()`` however it ends: finished, the
+    client gone mid-stream, or gone before the first event (when the body's own ``finally``
+    never runs)."""
+
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], None]):
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
 def message(payload: dict[str, Any]) -> str:
     """One Server-Sent Event."""
-    return f"data: {json.dumps(payload, ensure_ascii=False, allow_nan=False)}\n\n"
+    return f"data: {json.dumps(finite(payload), ensure_ascii=False, allow_nan=False)}\n\n"
 
 
-def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callable[[], None] | None = None) -> Starlette:
-    """The app; ``on_ready()`` runs once it is serving (to print its address then, not before)."""
+def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callable[[], None] | None = None,
+               loopback: bool = True) -> Starlette:
+    """The app; ``on_ready()`` runs once it is serving (to print its address then, not before);
+    ``loopback``: it listens on this machine only, so only its names are valid hosts."""
     playground = Playground(catalogue, defaults)
     routes = [
         Route("/", handles_errors(playground.page)),
@@ -275,9 +365,10 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callabl
         if on_ready is not None:
             on_ready()
         yield
-        playground.generations.shutdown(wait=False, cancel_futures=True)
-        playground.analysis_threads.shutdown(wait=False, cancel_futures=True)
+        playground.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # Loopback: only requests that name this machine (a DNS-rebinding page names its own host).
+    hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else ["*"]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.playground = playground
     return app

@@ -8,6 +8,7 @@ sends becomes a path, so only checkpoints under the configured directory (and th
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from rnnlm.checkpoint import LoadedModel, checkpoints_under, load_model, read_checkpoint
@@ -51,8 +51,8 @@ def describe(path: Path, entry_id: str) -> Entry:
     bpc = metrics.get("val/bpc")
     if bpc is None and (match := BPC_IN_NAME.search(path.name)):
         bpc = float(match.group(1))
-    return Entry(entry_id, path, int(checkpoint.get("global_step", 0)), None if bpc is None else float(bpc),
-                 path.stat().st_mtime)
+    bpc = float(bpc) if isinstance(bpc, (int, float)) and math.isfinite(bpc) else None  # a diverged run's NaN
+    return Entry(entry_id, path, int(checkpoint.get("global_step", 0)), bpc, path.stat().st_mtime)
 
 
 @dataclass
@@ -61,7 +61,6 @@ class PlaygroundModel:
 
     loaded: LoadedModel
     vocabulary: list[str]
-    char_lengths: torch.Tensor
     lock: threading.Lock = field(default_factory=threading.Lock)  # for the states cache below
     _states: OrderedDict[str, list[dict[str, torch.Tensor]]] = field(default_factory=OrderedDict)
 
@@ -85,7 +84,7 @@ class PlaygroundModel:
         found = layer_states(self.net, ids)
         with self.lock:
             self._states[text] = found
-            while len(self._states) > 4:
+            while len(self._states) > 2:
                 self._states.popitem(last=False)
         return found
 
@@ -99,15 +98,25 @@ class Catalogue:
         self._described: dict[tuple[Path, int, int], Entry] = {}
         self._models: OrderedDict[tuple[Path, int], PlaygroundModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._listing = threading.Lock()
         self._loading = threading.Lock()  # one load at a time: two tabs asking for one model load it once
 
     def entries(self) -> list[Entry]:
+        with self._listing:  # requests list from several threads; the descriptions are shared
+            return self._entries()
+
+    def _entries(self) -> list[Entry]:
         found: dict[Path, str] = {}
         if self.extra is not None:
             found[self.extra] = self.extra.name if self.extra.parent == self.root else str(self.extra)
         if self.root.is_dir():
-            for path in checkpoints_under(self.root):
+            try:
+                listed = checkpoints_under(self.root)
+            except OSError:  # a checkpoint removed while listing (top-k pruning): the next call sees the rest
+                listed = []
+            for path in listed:
                 found.setdefault(path, path.relative_to(self.root).as_posix())
+        self._described = {key: entry for key, entry in self._described.items() if key[0] in found}
         entries = []
         for path, entry_id in found.items():
             try:
@@ -131,16 +140,18 @@ class Catalogue:
 
     def model(self, entry_id: Any) -> PlaygroundModel:
         entry = self.entry(entry_id)
-        key = (entry.path, entry.path.stat().st_mtime_ns)
+        key = (entry.path, entry.mtime)
+        with self._lock:  # loaded already: no waiting behind another checkpoint's load
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
         with self._loading:
             with self._lock:
-                if key in self._models:
-                    self._models.move_to_end(key)
+                if key in self._models:  # loaded while this request waited
                     return self._models[key]
             loaded = load_model(entry.path, self.device)
             log.info("loaded %s (step %d)", entry.path, loaded.global_step)
-            model = PlaygroundModel(loaded, vocabulary_pieces(loaded.tokenizer),
-                                    torch.from_numpy(np.asarray(loaded.tokenizer.char_lengths())).float())
+            model = PlaygroundModel(loaded, vocabulary_pieces(loaded.tokenizer))
             with self._lock:
                 self._models[key] = model
                 while len(self._models) > self.keep:

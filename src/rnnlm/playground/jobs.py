@@ -30,7 +30,7 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
     nll = torch.zeros(num_samples, dtype=torch.float64)
     count = 0
     if plan.beam:
-        result = beam_search(net, plan.ids, plan.length, num_samples, plan.settings, seed)
+        result = beam_search(net, plan.ids, plan.length, num_samples, plan.settings, seed, should_stop=cancelled.is_set)
         for i, tokens in enumerate(result.tokens):
             details = token_probabilities(net, torch.tensor(plan.ids + tokens)) if tokens else {"prob": [], "top_ids": [], "top_probs": []}
             tail = slice(len(details["prob"]) - len(tokens), None)
@@ -46,11 +46,12 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
         for tokens, logits in steps(net, plan.ids, plan.length, num_samples, plan.settings, seed):
             if cancelled.is_set():
                 break
-            raw = logits.float().softmax(-1)
+            log_probs = logits.float().log_softmax(-1)
+            raw = log_probs.exp()
             adjusted = raw if greedy else sampling_probs(logits, plan.settings)
             rows = torch.arange(num_samples)
             chosen_raw, chosen_adjusted = raw[rows, tokens], adjusted[rows, tokens]
-            nll -= chosen_raw.double().log()
+            nll -= log_probs[rows, tokens].double()  # as sample.py's: the log-softmax, finite
             top, atop = top_candidates(raw), top_candidates(adjusted)
             if greedy:  # the distribution greedy decoding draws from: all on the top token
                 atop = ([row[:1] for row in top[0]], [[1.0] for _ in top[0]])

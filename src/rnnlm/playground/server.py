@@ -11,15 +11,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlm.checkpoint import TRAIN_HINT
+from rnnlm.checkpoint import TRAIN_HINT, read_checkpoint
 from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.options import SAMPLE_OPTIONS, check_numbers, existing_dir
 from rnnlm.runtime import keep_freed_memory
+
+if TYPE_CHECKING:  # the web stack is an optional extra: imported where it is used
+    from starlette.applications import Starlette
+
+    from rnnlm.playground.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 2  # open streams get this long to end after Ctrl-C
@@ -64,7 +69,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://{shown}:{port}/"
 
 
-def catalogue_from(cfg: DictConfig):
+def catalogue_from(cfg: DictConfig) -> Catalogue:
     from rnnlm.playground.catalogue import Catalogue
 
     ckpt = cfg.get("ckpt")
@@ -72,6 +77,8 @@ def catalogue_from(cfg: DictConfig):
     if extra is not None and extra.is_dir():  # a run dir: offer its checkpoints
         root, extra = extra, None
     else:
+        if extra is not None:
+            read_checkpoint(extra, mmap=True)  # a missing or unreadable ckpt= is an error, as for sampling
         root = Path(to_absolute_path(str(cfg.get("checkpoints") or "outputs")))
         if extra is None:
             existing_dir("checkpoints", root, f"{TRAIN_HINT}; or pass checkpoints=<dir holding runs>")
@@ -84,7 +91,7 @@ def catalogue_from(cfg: DictConfig):
 
 
 @contextlib.contextmanager
-def running_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
+def running_in_thread(app: Starlette, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve ``app`` on a free port from a thread of this process (tests, the benchmark);
     yields its URL; stopped, and the thread joined, when the block exits."""
     import uvicorn
@@ -107,12 +114,14 @@ def running_in_thread(app, host: str = "127.0.0.1") -> Iterator[str]:
         sock.close()
 
 
-def app_for(cfg: DictConfig, catalogue, on_ready: Callable[[], None] | None = None):
-    """The app, with ``cfg``'s decoding options (sample.py's) as the page's defaults."""
+def app_for(cfg: DictConfig, catalogue: Catalogue, on_ready: Callable[[], None] | None = None) -> Starlette:
+    """The app, with ``cfg``'s decoding options (sample.py's: prompt, strategy, temperature,
+    top_k, top_p, length, num_samples, beam_width) as the page's defaults."""
     from rnnlm.playground.app import create_app
 
     options = OmegaConf.to_container(cfg, resolve=False)
-    return create_app(catalogue, {k: v for k, v in options.items() if not isinstance(v, (dict, list))}, on_ready)
+    return create_app(catalogue, {k: v for k, v in options.items() if not isinstance(v, (dict, list))}, on_ready,
+                      loopback=is_loopback(str(cfg.get("host") or "127.0.0.1")))
 
 
 def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

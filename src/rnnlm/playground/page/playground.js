@@ -82,7 +82,7 @@ function applyDefaults() {
   $("top_p").value = d.top_p ?? "";
   $("length").value = Math.min(d.length ?? 500, state.limits.length ?? 5000);
   $("seed").value = "";
-  $("num_samples").value = 1;
+  $("num_samples").value = Math.min(d.num_samples ?? 1, state.limits.num_samples ?? 8);
   $("cell-text").value = PASSAGE;
   $("score-text").value = PASSAGE;
 }
@@ -98,7 +98,7 @@ function activation(x) {
 
 // A view: a container of token spans, each data-i indexing view.tokens; one listener per container.
 function makeView(name, container, describe) {
-  const view = { name, container, tokens: [], describe };
+  const view = { name, container, tokens: [], describe, vocabulary: state.model ? state.model.vocabulary : [] };
   state.views[name] = view;
   return view;
 }
@@ -113,14 +113,14 @@ function tokenSpan(view, token, colour) {
   return span;
 }
 
-function candidatesTable(title, top, chosenId) {
+function candidatesTable(title, top, chosenId, vocabulary) {
   const [ids, probs] = top;
   const rows = ids.map((id, k) => {
     const tr = document.createElement("tr");
     if (id === chosenId) tr.className = "chosen";
     const tok = document.createElement("td");
     tok.className = "tok";
-    tok.textContent = shown(state.model.vocabulary[id] ?? `#${id}`);
+    tok.textContent = shown(vocabulary[id] ?? `#${id}`);
     const bar = document.createElement("td");
     bar.className = "bar";
     const fill = document.createElement("span");
@@ -146,7 +146,7 @@ function showDetails(view, index) {
   const head = document.createElement("p");
   head.className = "token-head";
   head.textContent = `“${shown(token.piece)}” `;
-  aside.replaceChildren(head, ...view.describe(token, head));
+  aside.replaceChildren(head, ...view.describe(token, head, view.vocabulary));
 }
 
 function bindDetails(container) {
@@ -183,17 +183,18 @@ function generationRequest() {
     ckpt: state.ckpt, prompt: $("prompt").value, strategy: $("strategy").value,
     temperature: numberOrNull("temperature") ?? 1, top_k: numberOrNull("top_k", true), top_p: numberOrNull("top_p"),
     length: numberOrNull("length", true) ?? 0, seed: numberOrNull("seed", true),
-    num_samples: numberOrNull("num_samples", true) ?? 1, beam_width: Math.max(5, numberOrNull("num_samples", true) ?? 1),
+    num_samples: numberOrNull("num_samples", true) ?? 1,
+    beam_width: Math.max(state.defaults.beam_width ?? 5, numberOrNull("num_samples", true) ?? 1),
   };
 }
 
 function describeGenerated(settings) {
-  return (token, head) => {
+  return (token, head, vocabulary) => {
     const greedy = settings.strategy === "greedy" || settings.temperature === 0;
     head.textContent += `p = ${token.p.toFixed(3)} at T=1` +
       (token.q != null && settings.strategy !== "beam" ? `, ${token.q.toFixed(3)} under ${greedy ? "greedy decoding" : settingsText(settings)}` : "");
-    const parts = candidatesTable("the model (T=1, raw)", token.top, token.id);
-    if (token.atop) parts.push(...candidatesTable(greedy ? "greedy: always the top one" : `sampled from (${settingsText(settings)})`, token.atop, token.id));
+    const parts = candidatesTable("the model (T=1, raw)", token.top, token.id, vocabulary);
+    if (token.atop) parts.push(...candidatesTable(greedy ? "greedy: always the top one" : `sampled from (${settingsText(settings)})`, token.atop, token.id, vocabulary));
     else parts.push(Object.assign(document.createElement("p"), { className: "muted", textContent: "beam search ranks whole continuations by their probability at T=1" }));
     return parts;
   };
@@ -264,7 +265,12 @@ async function readEvents(response, onEvent) {
 }
 
 async function generate() {
+  if (state.controller) return;  // one generation at a time per page (Ctrl+Enter while one runs)
   const request = generationRequest();
+  const status = $("gen-status");
+  delete status.dataset.done;
+  delete status.dataset.firstMs;
+  delete status.dataset.charsPerS;
   const controller = new AbortController();
   state.controller = controller;
   $("generate").disabled = true;
@@ -323,22 +329,23 @@ async function generate() {
 }
 
 // ---- score -----------------------------------------------------------------------------
-function describeScored(token, head) {
+function describeScored(token, head, vocabulary) {
   if (token.p == null) {
     head.textContent += "the first token: nothing before it, so it is not scored";
     return [];
   }
   head.textContent += `p = ${token.p.toFixed(4)}, surprisal ${(-Math.log2(Math.max(token.p, 1e-12))).toFixed(2)} bits`;
-  const parts = candidatesTable("what the model expected (T=1)", token.top, token.id);
+  const parts = candidatesTable("what the model expected (T=1)", token.top, token.id, vocabulary);
   if (token.atop) {
     head.textContent += `; ${token.q.toFixed(4)} under ${settingsText(token.settings)}`;
-    parts.push(...candidatesTable(`sampling would draw from (${settingsText(token.settings)})`, token.atop, token.id));
+    parts.push(...candidatesTable(`sampling would draw from (${settingsText(token.settings)})`, token.atop, token.id, vocabulary));
   }
   return parts;
 }
 
 function drawTokens(view, tokens, colour) {
   view.tokens = [];
+  view.vocabulary = state.model.vocabulary;  // of the model these tokens came from
   const fragment = document.createDocumentFragment();
   tokens.forEach((token) => fragment.append(tokenSpan(view, token, colour(token))));
   view.container.replaceChildren(fragment);
