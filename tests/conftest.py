@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,25 @@ def playground(trained: dict) -> Iterator[tuple[str, Any]]:
     stopping it puts torch's thread settings back)."""
     with running_playground(trained["dir"]) as served:
         yield served
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    """Generations wait for ``gate`` before their first step, and take 2 ms a step after it:
+    tests of concurrency and of leaving clients do not depend on how fast the model is."""
+    import rnnlm.playground.app as app_module
+
+    gate = threading.Event()
+    real = app_module.generation_events
+
+    def slow(*args, **kwargs):
+        gate.wait(60)
+        for event in real(*args, **kwargs):
+            time.sleep(0.002)
+            yield event
+
+    monkeypatch.setattr(app_module, "generation_events", slow)
+    try:
+        yield gate
+    finally:
+        gate.set()

@@ -258,28 +258,6 @@ def test_values_are_never_resolved_as_interpolations(playground):
         assert "${" in response.json()["error"] and "/root" not in response.json()["error"]
 
 
-@pytest.fixture
-def gated(monkeypatch):
-    """Generations wait for ``gate`` before their first step, and take 2 ms a step after it:
-    tests of concurrency and of leaving clients do not depend on how fast the model is."""
-    import rnnlm.playground.app as app_module
-
-    gate = threading.Event()
-    real = app_module.generation_events
-
-    def slow(*args, **kwargs):
-        gate.wait(60)
-        for event in real(*args, **kwargs):
-            time.sleep(0.002)
-            yield event
-
-    monkeypatch.setattr(app_module, "generation_events", slow)
-    try:
-        yield gate
-    finally:
-        gate.set()
-
-
 def test_a_client_that_disconnects_stops_its_generation(playground, gated, caplog):
     url, app = playground
     caplog.set_level(logging.INFO, logger="rnnlm.playground.app")

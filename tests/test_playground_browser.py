@@ -94,7 +94,8 @@ def test_prompt_streams_text_with_confidence_on_hover(page):
     assert raw == sorted(raw, reverse=True) and adjusted[0] >= raw[0]  # T < 1 sharpens
 
 
-def test_stop_ends_a_long_generation(page):
+def test_stop_ends_a_long_generation(page, gated):
+    gated.set()  # 2 ms a step: 5,000 steps outlast the click
     page.fill("#length", "5000")
     page.click("#generate")
     page.wait_for_selector(".sample span[data-i]", timeout=60_000)
