@@ -157,6 +157,8 @@ def test_greedy_and_beam_generations(playground):
     assert all(s["ids"][0] == s["top"][0][0][0] and s["atop"][1][0] == [1.0] for s in greedy)
     beams = [e for e in generate(url, prompt="The ", length=15, strategy="beam", num_samples=2) if e["type"] == "beam"]
     assert [b["stream"] for b in beams] == [0, 1] and all(len(b["ids"]) == 15 == len(b["p"]) for b in beams)
+    wide = generate(url, prompt="The ", length=3, beam_width=40)  # the beam cap is for beam search only
+    assert wide[-1]["type"] == "done"
     empty = generate(url, prompt="The ", length=0, strategy="beam")  # its NLL is NaN: sent as null
     assert empty[-1]["type"] == "done" and empty[-1]["nll_per_token"] == [None]
 
@@ -206,6 +208,7 @@ def test_cell_view_and_find_cells(playground):
     ("api/cells", {"text": "abc", "layer": 0, "state": "cell", "unit": 999}, "unit=999; it must be an integer in [0, 47]"),
     ("api/generate", {"beam_width": 1000000, "strategy": "beam"}, "beam_width=1000000 is above the playground's cap of 16"),
     ("api/generate", {"strategy": "beam", "length": 4000}, "too long for beam search (at most 1000)"),
+    ("api/generate", {"seed": 10**400, "length": 1}, "is not allowed"),  # too long for a torch seed
 ])
 def test_bad_requests_get_one_line_errors(playground, path, body, match):
     url, _ = playground
@@ -218,7 +221,7 @@ def test_bad_requests_get_one_line_errors(playground, path, body, match):
 def test_malformed_and_oversized_bodies(playground):
     url, _ = playground
     as_json = {"Content-Type": "application/json"}
-    assert httpx.post(url + "api/score", content=b"{not json", headers=as_json).json()["error"] == "the request body is not JSON"
+    assert httpx.post(url + "api/score", content=b"{not json", headers=as_json).json()["error"].startswith("the request body is not JSON")
     assert "JSON object" in httpx.post(url + "api/score", json=[1, 2]).json()["error"]
     big = httpx.post(url + "api/score", content=b"x" * (2 << 20), headers=as_json)
     assert big.status_code == 400 and "at most 1048576" in big.json()["error"]
@@ -230,6 +233,9 @@ def test_malformed_and_oversized_bodies(playground):
     assert httpx.get(url + "static/%2e%2e/%2e%2e/conftest.py").status_code == 404
     assert httpx.get(url + "static/..%2f..%2fapp.py").status_code == 404
     assert httpx.get(url + "api/nothing").status_code == 404
+    surrogate = httpx.post(url + "api/score", content=b'{"text": "ab\\ud800c"}', headers=as_json)
+    assert surrogate.status_code == 400
+    assert surrogate.json()["error"] == "the text is not valid text: a lone UTF-16 surrogate at character 2"
 
 
 def test_only_this_machines_names_are_served(playground):
@@ -384,3 +390,10 @@ def test_serve_refuses_bad_settings_before_listening(tmp_path, overrides, error,
     (tmp_path / "empty").mkdir()
     with pytest.raises(error, match=match):
         serve(sample_config(tmp_path, "mode=serve", "port=0", *overrides))
+
+
+def test_the_command_lines_options_are_the_pages_defaults_resolved(trained):
+    with running_playground(trained["dir"], "length=${num_samples}", "temperature=0.5", "num_samples=3") as (url, _):
+        defaults = httpx.get(url + "api/checkpoints").json()["defaults"]
+        assert (defaults["length"], defaults["temperature"], defaults["num_samples"]) == (3, 0.5, 3)
+        assert generate(url, prompt="A")[-1]["tokens"] == 9  # 3 samples of 3 tokens

@@ -71,12 +71,19 @@ def test_page_loads_with_its_checkpoints(page, trained):
     assert page.input_value("#temperature") == "0.8"
 
 
-def test_prompt_streams_text_with_confidence_on_hover(page):
-    page.fill("#prompt", "ROMEO:")
-    page.fill("#length", "120")
-    page.fill("#seed", "3")
+def generate_and_wait(page, **fields: str) -> None:
+    """Fill the Generate tab's ``fields`` (input id: value), press Generate, wait for the end."""
+    for name, value in fields.items():
+        if name == "strategy":
+            page.select_option("#strategy", value)
+        else:
+            page.fill(f"#{name}", value)
     page.click("#generate")
     page.wait_for_selector("#gen-status[data-done='1']", timeout=60_000)
+
+
+def test_prompt_streams_text_with_confidence_on_hover(page):
+    generate_and_wait(page, prompt="ROMEO:", length="120", seed="3")
     sample = page.locator(".sample").first
     assert sample.locator(".prompt").inner_text() == "ROMEO:"
     tokens = sample.locator("span[data-i]")
@@ -103,6 +110,14 @@ def test_stop_ends_a_long_generation(page, gated):
     page.wait_for_function("document.querySelector('#gen-status').textContent.startsWith('stopped')", timeout=30_000)
     assert page.locator(".sample span[data-i]").count() < 5000
     assert not page.is_disabled("#generate")
+
+
+def test_beam_search_and_an_empty_beam(page):
+    generate_and_wait(page, strategy="beam", num_samples="2", length="12")
+    assert page.locator(".sample").count() == 2 and page.locator(".sample span[data-i]").count() == 24
+    page.fill("#length", "0")  # no tokens: its NLL is NaN, sent as null and shown as a dash
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#gen-status').textContent.includes('nll –')", timeout=60_000)
 
 
 def test_bad_settings_show_the_clis_error(page):

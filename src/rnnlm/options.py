@@ -71,7 +71,7 @@ class Number:
             return True
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # (an int of 400 digits overflows isfinite)
             return False
         if isinstance(value, int) and value in self.special:
             return True

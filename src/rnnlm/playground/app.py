@@ -65,6 +65,9 @@ GENERATION_KEYS = ("prompt", "strategy", "temperature", "top_k", "top_p", "lengt
                    "beam_width", "length_penalty")
 
 
+DEFAULT_KEYS = (*GENERATION_KEYS, "unknown")  # sample.py's options the page starts from
+
+
 class Busy(RnnlmError):
     """Every generation slot is taken: the client should try again (HTTP 503)."""
 
@@ -113,8 +116,8 @@ async def read_json(request: Request, allowed: tuple[str, ...]) -> dict[str, Any
             raise ConfigError(too_big)
     try:
         data = json.loads(body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError("the request body is not JSON") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
+        raise ConfigError("the request body is not JSON (or holds a number too long to read)") from None
     if not isinstance(data, dict):
         raise ConfigError("the request body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
@@ -132,6 +135,10 @@ def checked_text(data: dict[str, Any], key: str, cap: int, required: bool = True
     if len(text) > cap:
         raise ConfigError(f"the {key} has {len(text):,} characters; the playground takes at most {cap:,} "
                           f"(sample.py takes any length)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConfigError(f"the {key} is not valid text: a lone UTF-16 surrogate at character {err.start}") from None
     return text
 
 
@@ -140,7 +147,7 @@ class Playground:
 
     def __init__(self, catalogue: Catalogue, defaults: dict[str, Any]):
         self.catalogue = catalogue
-        self.defaults = {k: defaults.get(k) for k in (*GENERATION_KEYS, "unknown")}
+        self.defaults = {k: defaults.get(k) for k in DEFAULT_KEYS}
         # torch.set_num_threads in a worker also sets the default of threads started later:
         # ``close`` puts it back, so a process that hosted the app (a test) is as it was.
         self.torch_threads = torch.get_num_threads()
@@ -176,15 +183,15 @@ class Playground:
 
     async def checkpoints(self, request: Request) -> Response:
         entries = await run_in_threadpool(self.catalogue.entries)
-        return JSONResponse({"root": str(self.catalogue.root), "checkpoints": [e.public() for e in entries],
+        return FiniteJSONResponse({"root": str(self.catalogue.root), "checkpoints": [e.public() for e in entries],
                              "defaults": self.defaults, "limits": {
                                  "prompt_chars": MAX_PROMPT_CHARS, "text_chars": MAX_TEXT_CHARS, "length": MAX_LENGTH,
-                                 "num_samples": MAX_SAMPLES}})
+                                 "num_samples": MAX_SAMPLES, "beam_width": MAX_BEAM_WIDTH}})
 
     async def model_info(self, request: Request) -> Response:
         data = await read_json(request, ("ckpt",))
         model = await self.model(data)
-        return JSONResponse(model.info())
+        return FiniteJSONResponse(model.info())
 
     def settings(self, data: dict[str, Any], keys: tuple[str, ...]) -> Options:
         """The request's values for ``keys`` over the defaults, each checked by the rule
@@ -198,7 +205,10 @@ class Playground:
 
     def plan(self, data: dict[str, Any], tokenizer: Tokenizer) -> tuple[DecodePlan, Options]:
         settings = self.settings(data, tuple(k for k in GENERATION_KEYS if k != "prompt"))
-        for key, cap in (("length", MAX_LENGTH), ("num_samples", MAX_SAMPLES), ("beam_width", MAX_BEAM_WIDTH)):
+        caps = [("length", MAX_LENGTH), ("num_samples", MAX_SAMPLES)]
+        if settings.strategy in ("beam", "stochastic_beam"):
+            caps.append(("beam_width", MAX_BEAM_WIDTH))
+        for key, cap in caps:
             if settings[key] > cap:
                 raise ConfigError(f"{key}={settings[key]} is above the playground's cap of {cap}; "
                                   f"sample.py {key}={settings[key]} has none")
@@ -283,7 +293,7 @@ class Playground:
         text = checked_text(data, "text", MAX_TEXT_CHARS)
         model = await self.model(data)
         result = await self.compute(job, model, text, *(data.get(k) for k in extra), self.defaults["unknown"] or "replace")
-        return JSONResponse(result)
+        return FiniteJSONResponse(result)
 
     async def score(self, request: Request) -> Response:
         data = await read_json(request, ("ckpt", "text", *SCORE_SAMPLING_KEYS))
@@ -293,7 +303,7 @@ class Playground:
         settings = DecodeSettings(temperature=options.temperature, top_k=options.top_k,
                                   top_p=options.top_p).validate(len(model.loaded.tokenizer))
         result = await self.compute(score_job, model, text, settings, self.defaults["unknown"] or "replace")
-        return JSONResponse(result)
+        return FiniteJSONResponse(result)
 
     async def cells(self, request: Request) -> Response:
         return await self.analysis(request, ("layer", "state", "unit"), cell_job, ("layer", "state", "unit"))
@@ -334,9 +344,16 @@ def finite(value: Any) -> Any:
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """JSON with NaN and infinities as null: a diverged checkpoint scores as NaN, not as a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(finite(content))
 
 
 def message(payload: dict[str, Any]) -> str:
@@ -345,9 +362,10 @@ def message(payload: dict[str, Any]) -> str:
 
 
 def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callable[[], None] | None = None,
-               loopback: bool = True) -> Starlette:
-    """The app; ``on_ready()`` runs once it is serving (to print its address then, not before);
-    ``loopback``: it listens on this machine only, so only its names are valid hosts."""
+               host: str | None = "127.0.0.1") -> Starlette:
+    """The app; ``on_ready()`` runs once it is serving (to print its address then, not before).
+    ``host``: a loopback address it listens on, whose names alone are valid Host headers (a
+    DNS-rebinding page names its own); None: any host (listening beyond this machine)."""
     playground = Playground(catalogue, defaults)
     routes = [
         Route("/", handles_errors(playground.page)),
@@ -367,8 +385,7 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callabl
         yield
         playground.close()
 
-    # Loopback: only requests that name this machine (a DNS-rebinding page names its own host).
-    hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else ["*"]
+    hosts = ["*"] if host is None else sorted({host, f"[{host}]" if ":" in host else host, "127.0.0.1", "localhost", "[::1]"})
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.playground = playground
     return app

@@ -32,6 +32,8 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
     if plan.beam:
         result = beam_search(net, plan.ids, plan.length, num_samples, plan.settings, seed, should_stop=cancelled.is_set)
         for i, tokens in enumerate(result.tokens):
+            if cancelled.is_set():  # its client left: no tables for nobody
+                break
             details = token_probabilities(net, torch.tensor(plan.ids + tokens)) if tokens else {"prob": [], "top_ids": [], "top_probs": []}
             tail = slice(len(details["prob"]) - len(tokens), None)
             yield {"type": "beam", "stream": i, "ids": tokens, "pieces": token_pieces(tokenizer, tokens),

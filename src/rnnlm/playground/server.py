@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rnnlm.checkpoint import TRAIN_HINT, read_checkpoint
 from rnnlm.errors import CheckpointError, ConfigError
@@ -117,11 +117,10 @@ def running_in_thread(app: Starlette, host: str = "127.0.0.1") -> Iterator[str]:
 def app_for(cfg: DictConfig, catalogue: Catalogue, on_ready: Callable[[], None] | None = None) -> Starlette:
     """The app, with ``cfg``'s decoding options (sample.py's: prompt, strategy, temperature,
     top_k, top_p, length, num_samples, beam_width) as the page's defaults."""
-    from rnnlm.playground.app import create_app
+    from rnnlm.playground.app import DEFAULT_KEYS, create_app
 
-    options = OmegaConf.to_container(cfg, resolve=False)
-    return create_app(catalogue, {k: v for k, v in options.items() if not isinstance(v, (dict, list))}, on_ready,
-                      loopback=is_loopback(str(cfg.get("host") or "127.0.0.1")))
+    host = str(cfg.get("host") or "127.0.0.1")
+    return create_app(catalogue, {k: cfg.get(k) for k in DEFAULT_KEYS}, on_ready, host if is_loopback(host) else None)
 
 
 def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:

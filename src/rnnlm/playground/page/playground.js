@@ -88,6 +88,7 @@ function applyDefaults() {
 }
 
 // ---- drawing tokens --------------------------------------------------------------------
+const fixed = (v, digits) => (v == null ? "–" : v.toFixed(digits));  // the server sends NaN as null
 const shown = (piece) => piece.replace(/\n/g, "⏎").replace(/ /g, "␣").replace(/\t/g, "⇥") || "∅";
 const confidence = (p) => `hsl(${Math.round(120 * p)}, 75%, ${Math.round(82 + 10 * p)}%)`;
 const surprisal = (bits) => `hsl(0, 85%, ${(97 - 35 * Math.min(bits, 8) / 8).toFixed(1)}%)`;
@@ -124,10 +125,10 @@ function candidatesTable(title, top, chosenId, vocabulary) {
     const bar = document.createElement("td");
     bar.className = "bar";
     const fill = document.createElement("span");
-    fill.style.width = `${(100 * probs[k]).toFixed(1)}%`;
+    fill.style.width = `${(100 * (probs[k] ?? 0)).toFixed(1)}%`;
     bar.append(fill);
     const value = document.createElement("td");
-    value.textContent = probs[k].toFixed(3);
+    value.textContent = fixed(probs[k], 3);
     tr.append(tok, bar, value);
     return tr;
   });
@@ -184,15 +185,16 @@ function generationRequest() {
     temperature: numberOrNull("temperature") ?? 1, top_k: numberOrNull("top_k", true), top_p: numberOrNull("top_p"),
     length: numberOrNull("length", true) ?? 0, seed: numberOrNull("seed", true),
     num_samples: numberOrNull("num_samples", true) ?? 1,
-    beam_width: Math.max(state.defaults.beam_width ?? 5, numberOrNull("num_samples", true) ?? 1),
+    beam_width: Math.min(Math.max(state.defaults.beam_width ?? 5, numberOrNull("num_samples", true) ?? 1),
+      state.limits.beam_width ?? 16),
   };
 }
 
 function describeGenerated(settings) {
   return (token, head, vocabulary) => {
     const greedy = settings.strategy === "greedy" || settings.temperature === 0;
-    head.textContent += `p = ${token.p.toFixed(3)} at T=1` +
-      (token.q != null && settings.strategy !== "beam" ? `, ${token.q.toFixed(3)} under ${greedy ? "greedy decoding" : settingsText(settings)}` : "");
+    head.textContent += `p = ${fixed(token.p, 3)} at T=1` +
+      (token.q != null && settings.strategy !== "beam" ? `, ${fixed(token.q, 3)} under ${greedy ? "greedy decoding" : settingsText(settings)}` : "");
     const parts = candidatesTable("the model (T=1, raw)", token.top, token.id, vocabulary);
     if (token.atop) parts.push(...candidatesTable(greedy ? "greedy: always the top one" : `sampled from (${settingsText(settings)})`, token.atop, token.id, vocabulary));
     else parts.push(Object.assign(document.createElement("p"), { className: "muted", textContent: "beam search ranks whole continuations by their probability at T=1" }));
@@ -314,7 +316,7 @@ async function generate() {
         const first = firstPaint == null ? "" : `, first character after ${Math.round(firstPaint)} ms`;
         if (lastPaint > firstPaint) status.dataset.charsPerS = (1000 * drawnChars / (lastPaint - firstPaint)).toFixed(0);
         status.textContent = `${done.stopped ? "stopped" : "done"}: ${done.tokens} tokens in ${done.seconds.toFixed(2)} s` +
-          ` (${done.tokens_per_s ?? "–"} tokens/s)${first} · seed ${done.seed} · nll ${done.nll_per_token.map((v) => v.toFixed(3)).join(", ")} nats/token`;
+          ` (${done.tokens_per_s ?? "–"} tokens/s)${first} · seed ${done.seed} · nll ${done.nll_per_token.map((v) => fixed(v, 3)).join(", ")} nats/token`;
         status.dataset.done = "1";
       }
     });
@@ -334,18 +336,18 @@ function describeScored(token, head, vocabulary) {
     head.textContent += "the first token: nothing before it, so it is not scored";
     return [];
   }
-  head.textContent += `p = ${token.p.toFixed(4)}, surprisal ${(-Math.log2(Math.max(token.p, 1e-12))).toFixed(2)} bits`;
+  head.textContent += `p = ${fixed(token.p, 4)}, surprisal ${(-Math.log2(Math.max(token.p, 1e-12))).toFixed(2)} bits`;
   const parts = candidatesTable("what the model expected (T=1)", token.top, token.id, vocabulary);
   if (token.atop) {
-    head.textContent += `; ${token.q.toFixed(4)} under ${settingsText(token.settings)}`;
+    head.textContent += `; ${fixed(token.q, 4)} under ${settingsText(token.settings)}`;
     parts.push(...candidatesTable(`sampling would draw from (${settingsText(token.settings)})`, token.atop, token.id, vocabulary));
   }
   return parts;
 }
 
-function drawTokens(view, tokens, colour) {
+function drawTokens(view, tokens, colour, vocabulary) {
   view.tokens = [];
-  view.vocabulary = state.model.vocabulary;  // of the model these tokens came from
+  view.vocabulary = vocabulary;  // of the model these tokens came from
   const fragment = document.createDocumentFragment();
   tokens.forEach((token) => fragment.append(tokenSpan(view, token, colour(token))));
   view.container.replaceChildren(fragment);
@@ -355,6 +357,7 @@ async function score() {
   const text = $("score-text").value;
   const started = performance.now();
   const { temperature, top_k, top_p } = generationRequest();  // the Generate tab's sampling settings
+  const { vocabulary } = state.model;  // the model asked, whatever is picked meanwhile
   const result = await api("/api/score", { ckpt: state.ckpt, text, temperature, top_k, top_p });
   const received = performance.now();
   const settings = { temperature, top_k, top_p };
@@ -363,10 +366,10 @@ async function score() {
     q: i === 0 || !result.q ? null : result.q[i - 1], settings,
     atop: i === 0 || !result.atop ? null : [result.atop[0][i - 1], result.atop[1][i - 1]],
   }));
-  drawTokens(state.views.score, tokens, (t) => (t.p == null ? "" : surprisal(-Math.log2(Math.max(t.p, 1e-12)))));
+  drawTokens(state.views.score, tokens, (t) => (t.p == null ? "" : surprisal(-Math.log2(Math.max(t.p, 1e-12)))), vocabulary);
   const f = result.figures;
-  $("score-figures").textContent = `score: loss ${f.loss.toFixed(4)} nats/token | perplexity ${f.ppl.toFixed(3)} | ` +
-    `${f.bpc.toFixed(4)} bits/char, ${f.bpt.toFixed(4)} bits/token | accuracy ${f.acc.toFixed(3)} over ${f.tokens} tokens`;
+  $("score-figures").textContent = `score: loss ${fixed(f.loss, 4)} nats/token | perplexity ${fixed(f.ppl, 3)} | ` +
+    `${fixed(f.bpc, 4)} bits/char, ${fixed(f.bpt, 4)} bits/token | accuracy ${fixed(f.acc, 3)} over ${f.tokens} tokens`;
   $("score-figures").dataset.loss = f.loss;
   await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));  // until drawn
   const drawn = performance.now();
@@ -385,11 +388,13 @@ function cellRequest() {
 
 async function showCell() {
   const request = cellRequest();
+  const { vocabulary } = state.model;
   const result = await api("/api/cells", request);
   const scale = result.max_abs || 1;
   const tokens = result.pieces.map((piece, i) => ({ piece, value: result.values[i] }));
-  drawTokens(state.views.cell, tokens, (t) => activation(t.value / scale));
-  const lo = Math.min(...result.values), hi = Math.max(...result.values);
+  drawTokens(state.views.cell, tokens, (t) => (t.value == null ? "" : activation(t.value / scale)), vocabulary);
+  const finiteValues = result.values.filter((v) => v != null);
+  const lo = Math.min(...finiteValues), hi = Math.max(...finiteValues);
   $("cell-caption").textContent = `layer ${result.layer} · ${result.state} state · unit ${result.unit}: ` +
     `from ${lo.toFixed(3)} to ${hi.toFixed(3)} over ${result.values.length} tokens`;
 }
@@ -430,7 +435,7 @@ function selectTab(name) {
 
 function init() {
   makeView("score", $("score-view"), describeScored);
-  makeView("cell", $("cell-view"), (token, head) => { head.textContent += `activation ${token.value.toFixed(4)}`; return []; });
+  makeView("cell", $("cell-view"), (token, head) => { head.textContent += `activation ${fixed(token.value, 4)}`; return []; });
   [$("samples"), $("score-view"), $("cell-view")].forEach(bindDetails);
   document.querySelectorAll(".tab").forEach((b) => b.addEventListener("click", () => selectTab(b.dataset.tab)));
   $("ckpt").addEventListener("change", () => guarded(loadModel));
