@@ -46,42 +46,29 @@ def _stream(url: str, body: dict[str, Any]) -> tuple[float, float, int]:
 
 
 def _browser_figures(url: str, text: str, repeats: int) -> dict[str, Any]:
-    from playwright.sync_api import sync_playwright
+    from rnnlm.playground.browser import chromium_path, generated, opened
 
-    from rnnlm.playground.browser import CHROMIUM_FLAGS, chromium_path
-
-    path = chromium_path()
-    if path is None:
+    if chromium_path() is None:
         return {"browser": "no chromium: page figures not measured"}
     firsts, scores = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            page.fill("#length", "100")
-            for i in range(repeats):
-                page.fill("#seed", str(i))
-                page.click("#generate")
-                page.wait_for_function("document.querySelector('#gen-status').dataset.done === '1'", timeout=60_000)
-                firsts.append(float(page.get_attribute("#gen-status", "data-first-ms")))
-                page.evaluate("delete document.querySelector('#gen-status').dataset.done")
-            page.fill("#length", "3000")
-            page.click("#generate")
-            page.wait_for_function("document.querySelector('#gen-status').dataset.done === '1'", timeout=120_000)
-            drawn = float(page.get_attribute("#gen-status", "data-chars-per-s"))
-            page.click("button[data-tab='score']")
-            page.fill("#score-text", text)
-            for _ in range(repeats):
-                page.evaluate("delete document.querySelector('#score-timing').dataset.totalMs")
-                page.click("#score")
-                page.wait_for_selector("#score-timing[data-total-ms]", timeout=60_000)
-                scores.append(float(page.get_attribute("#score-timing", "data-total-ms")))
-        finally:
-            browser.close()
+    with opened(url, 1300, 900) as page:
+        page.fill("#length", "100")
+        for i in range(repeats):
+            page.fill("#seed", str(i))
+            generated(page)
+            firsts.append(float(page.get_attribute("#gen-status", "data-first-ms")))
+        page.fill("#length", "3000")
+        generated(page, 120_000)
+        drawn = float(page.get_attribute("#gen-status", "data-chars-per-s"))
+        page.click("button[data-tab='score']")
+        page.fill("#score-text", text)
+        for _ in range(repeats):
+            page.evaluate("delete document.querySelector('#score-timing').dataset.totalMs")
+            page.click("#score")
+            page.wait_for_selector("#score-timing[data-total-ms]", timeout=60_000)
+            scores.append(float(page.get_attribute("#score-timing", "data-total-ms")))
     return {"page_first_char_ms": statistics.median(firsts), "page_stream_chars_per_s": drawn,
-            "page_score_10k_drawn_ms": statistics.median(scores), "browser": path}
+            "page_score_10k_drawn_ms": statistics.median(scores), "browser": chromium_path()}
 
 
 @contextlib.contextmanager
