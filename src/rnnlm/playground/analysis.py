@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rnnlm.data.tokenizers import Tokenizer
-from rnnlm.evaluation import lane_windows
+from rnnlm.evaluation import stateful_chunks
 from rnnlm.generation.decoding import DecodeSettings, sampling_probs
 from rnnlm.models.rnn import RNNLM
 
@@ -73,9 +73,7 @@ def token_probabilities(net: nn.Module, ids: torch.Tensor, settings: DecodeSetti
     """:class:`TokenTable` of every token of ``ids`` after the first, read as ``sample.py
     mode=score`` reads it (the state carried from the text's start)."""
     table = TokenTable(settings)
-    state = None
-    for inputs, targets in lane_windows(net, ids, 1, CHUNK):
-        logits, state = net(inputs, state)
+    for logits, targets in stateful_chunks(net, ids, 1, CHUNK):
         table.add(logits, targets)
     return table.columns
 
