@@ -30,10 +30,10 @@ test: env
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: env
-	$(BIN)/ruff check src tests train.py sample.py
+	$(BIN)/ruff check src tests benchmarks train.py sample.py
 
 bench: env
-	$(BIN)/python -m rnnlm.bench $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnnlm.cli import run_task
-from rnnlm.overrides import quote_argv
+from rnnlm.utils.cli import run_task
+from rnnlm.utils.overrides import quote_argv
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
@@ -12,10 +12,10 @@ def main(cfg: DictConfig) -> float | None:
     # Imported here: torch and Lightning take seconds to load, and a bad run dir or option
     # (checked by Hydra's callbacks first) should fail at once.
     if cfg.get("mode") == "serve":
-        from rnnlm.playground.server import report, serve
+        from rnnlm.sampling.playground.server import report, serve
 
         return run_task(cfg, serve, report)
-    from rnnlm.sampling import report, sample
+    from rnnlm.sampling.sample import report, sample
 
     return run_task(cfg, sample, report)
 

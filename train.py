@@ -3,15 +3,15 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnnlm.cli import run_task
-from rnnlm.overrides import quote_argv
+from rnnlm.utils.cli import run_task
+from rnnlm.utils.overrides import quote_argv
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     # Imported here: torch and Lightning take seconds to load, and a bad run dir or option
     # (checked by Hydra's callbacks first) should fail at once.
-    from rnnlm.train import summary, train
+    from rnnlm.training.train import summary, train
 
     return run_task(cfg, train, summary)
 

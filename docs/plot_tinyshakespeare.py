@@ -6,7 +6,7 @@
 Each run dir is a training run with the CSV logger (``logger=csv``); a point is a validation:
 its ``val/loss_stateful`` at the time logged at or just after that step. The figure in the
 README was drawn from ``time/elapsed_s`` (wall time since fitting began, validation included),
-which its runs logged; runs logged by ``rnnlm.callbacks.TrainThroughput`` have ``train/time``
+which its runs logged; runs logged by ``rnnlm.training.callbacks.TrainThroughput`` have ``train/time``
 (training only, validation left out), which is read when ``time/elapsed_s`` is absent.
 """
 

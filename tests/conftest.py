@@ -99,7 +99,7 @@ def cfg_train(tmp_path: Path, corpus_file: Path) -> DictConfig:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict:
     """One tiny run shared by the tests that need a trained model or a checkpoint."""
-    from rnnlm.train import train
+    from rnnlm.training.train import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=120", "trainer.val_check_interval=40"], out)
@@ -111,8 +111,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict
 def running_playground(root: Path, *overrides: str) -> Iterator[tuple[str, Any]]:
     """(URL, Playground): the app serving ``root``'s checkpoints on a free local port, in a
     thread of this process, with sample.py's defaults (and ``overrides``)."""
-    from rnnlm.playground.catalogue import Catalogue
-    from rnnlm.playground.server import app_for, running_in_thread
+    from rnnlm.sampling.playground.catalogue import Catalogue
+    from rnnlm.sampling.playground.server import app_for, running_in_thread
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -135,7 +135,7 @@ def playground(trained: dict) -> Iterator[tuple[str, Any]]:
 def gated(monkeypatch):
     """Generations wait for ``gate`` before their first step, and take 2 ms a step after it:
     tests of concurrency and of leaving clients do not depend on how fast the model is."""
-    import rnnlm.playground.app as app_module
+    import rnnlm.sampling.playground.app as app_module
 
     gate = threading.Event()
     real = app_module.generation_events

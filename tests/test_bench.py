@@ -1,4 +1,4 @@
-"""``python -m rnnlm.bench --tiny``: it runs, and its JSON holds every number, positive and finite.
+"""``python -m benchmarks --tiny``: it runs, and its JSON holds every number, positive and finite.
 
 No timing is asserted: the machine may be shared and the tiny numbers mean little.
 """
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm.bench.data import write_corpus
-from rnnlm.bench.run import main
-from rnnlm.bench.sampling import naive_generate
-from rnnlm.models.rnn import RNNLM, flops_per_token
-from rnnlm.runtime import native_cpu_bf16
+from benchmarks.data import write_corpus
+from benchmarks.run import main
+from benchmarks.sampling import naive_generate
+from rnnlm.models.network import RNNLM, flops_per_token
+from rnnlm.training.precision import native_cpu_bf16
 
 REQUIRED = (
     "peak_gflops", "train_tokens_per_s", "reference_tokens_per_s", "lightning_overhead", "mfu",
@@ -82,8 +82,8 @@ def test_naive_generate_returns_the_requested_steps() -> None:
 
 def test_vocabulary_measurements_compare_outputs_and_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--vocab``: both output layers train on the same word batches; each tokenizer samples."""
-    from rnnlm.bench import vocabularies
-    from rnnlm.bench.common import PLANS
+    from benchmarks import vocabularies
+    from benchmarks.common import PLANS
 
     monkeypatch.setattr(vocabularies, "VOCAB_WORDS", 300)
     monkeypatch.setattr(vocabularies, "VOCAB_BPE", 300)

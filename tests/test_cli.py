@@ -8,9 +8,9 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from rnnlm.errors import ConfigError
-from rnnlm.overrides import quote_argv, quote_text_overrides, quote_value
-from rnnlm.train import train
+from rnnlm.training.train import train
+from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.overrides import quote_argv, quote_text_overrides, quote_value
 from tests.conftest import TINY, compose_train
 from tests.processes import run_script
 

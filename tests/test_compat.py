@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from rnnlm.checkpoint import load_model
 from rnnlm.generation import DecodeSettings, generate
 from rnnlm.generation.prompt import encode_prompt
-from rnnlm.train import train
+from rnnlm.models.loading import load_model
+from rnnlm.training.train import train
 from tests.conftest import TINY, compose_train
 
 OLD = Path(__file__).parent / "data" / "lstm-rnnlm1.ckpt"

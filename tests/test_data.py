@@ -5,7 +5,7 @@ import torch
 
 from rnnlm.data import CorpusDataModule
 from rnnlm.data.corpus import play_markdown_to_text, shakespeare_plays
-from rnnlm.errors import ConfigError, CorpusError
+from rnnlm.utils.errors import ConfigError, CorpusError
 
 
 def make_dm(path, **kw):

@@ -9,10 +9,10 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 from rnnlm.data import CorpusDataModule
-from rnnlm.errors import ConfigError, RnnlmError
 from rnnlm.models import RNNLM, LanguageModel
-from rnnlm.rundir import check_writable
-from rnnlm.train import train
+from rnnlm.training.train import train
+from rnnlm.utils.errors import ConfigError, RnnlmError
+from rnnlm.utils.rundir import check_writable
 from tests.conftest import TINY, compose_train
 from tests.processes import ROOT, started
 
@@ -109,7 +109,7 @@ def test_train_ckpt_path_names_what_is_wrong_with_it(tmp_path, corpus_file, kind
 
 @pytest.mark.parametrize("option", ["text_file", "prompt_file"])
 def test_text_file_options_tell_a_directory_from_a_missing_file(tmp_path, trained, option):
-    from rnnlm.sampling import sample
+    from rnnlm.sampling.sample import sample
     from tests.test_sample import sample_cfg
 
     extra = ["mode=score"] if option == "text_file" else []
@@ -157,7 +157,7 @@ def test_a_setting_a_component_refuses_is_one_line(tmp_path, corpus_file):
 
 
 def test_weights_that_disagree_with_their_hyper_parameters_are_named(tmp_path, trained):
-    from rnnlm.checkpoint import load_model
+    from rnnlm.models.loading import load_model
 
     checkpoint = torch.load(trained["objects"]["best_ckpt"], weights_only=True)
     checkpoint["hyper_parameters"]["hidden_size"] = 40
@@ -169,7 +169,7 @@ def test_weights_that_disagree_with_their_hyper_parameters_are_named(tmp_path, t
 
 
 def test_resuming_with_another_corpus_of_the_same_vocabulary_size_is_refused(tmp_path):
-    from rnnlm.resume import check_architecture
+    from rnnlm.training.resume import check_architecture
 
     saved = {"hyper_parameters": {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}}}
     check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}})
@@ -180,7 +180,7 @@ def test_resuming_with_another_corpus_of_the_same_vocabulary_size_is_refused(tmp
 def test_resuming_a_checkpoint_from_before_the_adaptive_softmax_names_the_output(tmp_path):
     """Checkpoints without ``output`` hold a full softmax; a config whose output=auto now picks
     the adaptive one for that vocabulary is refused in one line, not by Lightning's key list."""
-    from rnnlm.resume import check_architecture
+    from rnnlm.training.resume import check_architecture
 
     vocab = ["<unk>", *(f"w{i}" for i in range(9999))]
     saved = {"hyper_parameters": {"vocab_size": 10_000, "tokenizer": {"vocab": vocab}, "cell": "lstm"}}
@@ -197,7 +197,7 @@ def test_ctrl_c_during_a_checkpoint_write_takes_effect_once_it_is_written(tmp_pa
     import os
     import signal
 
-    from rnnlm.checkpoint_io import AtomicCheckpointIO
+    from rnnlm.training.checkpoint_io import AtomicCheckpointIO
 
     class Interrupting(dict):
         def __reduce_ex__(self, protocol):  # runs inside torch.save's pickling

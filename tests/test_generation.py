@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.data.tokenizers import CharTokenizer
-from rnnlm.errors import ConfigError
 from rnnlm.generation import DecodeSettings, distinct_n, generate, repetition_rate, score_ids
 from rnnlm.generation.decoding import prime
 from rnnlm.generation.prompt import encode_prompt
 from rnnlm.models import RNNLM
+from rnnlm.utils.errors import ConfigError
 
 
 class TableLM(nn.Module):
@@ -167,8 +167,8 @@ def test_prompt_with_unknown_characters(caplog):
 
 
 def test_fit_logit_scale_undoes_an_overconfident_output_layer():
-    from rnnlm.calibration import fit_logit_scale
-    from rnnlm.evaluation import score_totals
+    from rnnlm.models.calibration import fit_logit_scale
+    from rnnlm.models.evaluation import score_totals
 
     net = random_lstm(seed=3)
     with torch.no_grad():  # peakier predictions than at initialisation: a sharper optimum

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rnnlm.errors import ConfigError
 from rnnlm.models import RNNLM
+from rnnlm.utils.errors import ConfigError
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -9,10 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rnnlm.errors import ConfigError
-from rnnlm.options import SAMPLE_OPTIONS, TRAIN_OPTIONS, Number, check_numbers, leaves, rule_for
-from rnnlm.sampling import sample
-from rnnlm.train import train
+from rnnlm.sampling.sample import sample
+from rnnlm.training.train import train
+from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.options import SAMPLE_OPTIONS, TRAIN_OPTIONS, Number, check_numbers, leaves, rule_for
 from tests.conftest import CONF_DIR, TINY, compose_train
 from tests.processes import run_script
 
@@ -50,7 +50,7 @@ RULES = {"train": TRAIN_OPTIONS, "sample": SAMPLE_OPTIONS}
 def test_every_numeric_option_has_a_rule_that_its_default_meets(task, key):
     numbers = TRAIN_NUMBERS if task == "train" else SAMPLE_NUMBERS
     rule = rule_for(key, RULES[task])
-    assert rule is not None, f"{task}: add a rule for {key} to rnnlm.options"
+    assert rule is not None, f"{task}: add a rule for {key} to rnnlm.utils.options"
     assert rule.accepts(numbers[key]), f"{task}: the default {key}={numbers[key]} breaks its own rule"
 
 

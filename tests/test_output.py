@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlm.errors import ConfigError
 from rnnlm.models import RNNLM, LanguageModel
 from rnnlm.models.output import auto_cutoffs, cluster_shares, resolve_output
+from rnnlm.utils.errors import ConfigError
 
 
 def test_adaptive_log_probabilities_sum_to_one_and_the_loss_is_the_full_computation():

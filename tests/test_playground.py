@@ -21,16 +21,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from rnnlm.checkpoint import load_model
-from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.generation.decoding import DecodeSettings
 from rnnlm.generation.decoding import generate as generate_tokens
+from rnnlm.generation.plan import score_text, text_ids
 from rnnlm.generation.prompt import encode_prompt
-from rnnlm.models.rnn import RNNLM
-from rnnlm.playground.analysis import layer_states, rank_units, token_pieces, token_probabilities
-from rnnlm.playground.app import MAX_GENERATIONS, MAX_LENGTH, MAX_TEXT_CHARS
-from rnnlm.playground.server import bind, serve
-from rnnlm.sampling import score_text, text_ids
+from rnnlm.models.loading import load_model
+from rnnlm.models.network import RNNLM
+from rnnlm.sampling.playground.analysis import layer_states, rank_units, token_pieces, token_probabilities
+from rnnlm.sampling.playground.app import MAX_GENERATIONS, MAX_LENGTH, MAX_TEXT_CHARS
+from rnnlm.sampling.playground.server import bind, serve
+from rnnlm.utils.errors import CheckpointError, ConfigError
 from tests.conftest import CONF_DIR, running_playground
 from tests.processes import ROOT, run_script, started
 
@@ -266,7 +266,7 @@ def test_values_are_never_resolved_as_interpolations(playground):
 
 def test_a_client_that_disconnects_stops_its_generation(playground, gated, caplog):
     url, app = playground
-    caplog.set_level(logging.INFO, logger="rnnlm.playground.app")
+    caplog.set_level(logging.INFO, logger="rnnlm.sampling.playground.app")
     gated.set()
     with httpx.stream("POST", url + "api/generate", json={"length": MAX_LENGTH, "prompt": "A"}, timeout=30) as response:
         lines = response.iter_lines()

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from rnnlm.checkpoint import load_model
-from rnnlm.playground.browser import CHROMIUM_FLAGS, chromium_path
-from rnnlm.sampling import score_text, text_ids
+from benchmarks.browser import CHROMIUM_FLAGS, chromium_path
+from rnnlm.generation.plan import score_text, text_ids
+from rnnlm.models.loading import load_model
 
 pytestmark = pytest.mark.browser
 TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"

@@ -18,8 +18,8 @@ from rnnlm.data.corpus import read_corpus
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.data.prepare import META, CorpusSettings, load, prepare
 from rnnlm.data.tokenizers import TOKENIZERS
-from rnnlm.errors import CorpusError
-from rnnlm.files import DiskError
+from rnnlm.utils.errors import CorpusError
+from rnnlm.utils.files import DiskError
 from tests.processes import ROOT, run, started
 
 TEXTS = {

@@ -9,7 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from rnnlm.train import train
+from rnnlm.training.train import train
 from tests.conftest import TINY, compose_train
 from tests.processes import ROOT, run_script, started
 

@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
-from rnnlm.checkpoint import CHECKPOINT_FORMAT
-from rnnlm.errors import CheckpointError, ConfigError, RnnlmError
-from rnnlm.files import DiskError
+from rnnlm.models.loading import CHECKPOINT_FORMAT
 from rnnlm.report import collect_runs
-from rnnlm.resume import resolve_ckpt_path
-from rnnlm.rundir import LOCK_NAME, check_resume_dir, lock, unlock
+from rnnlm.training.resume import resolve_ckpt_path
+from rnnlm.utils.errors import CheckpointError, ConfigError, RnnlmError
+from rnnlm.utils.files import DiskError
+from rnnlm.utils.rundir import LOCK_NAME, check_resume_dir, lock, unlock
 from tests.mounts import tmpfs
 from tests.processes import ROOT, run_script, started
 from tests.test_writes import TINY_CLI
@@ -27,7 +27,7 @@ def test_a_dir_has_one_owner_and_a_killed_owner_leaves_no_stale_lock(tmp_path):
     holder = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from rnnlm.rundir import lock
+        from rnnlm.utils.rundir import lock
         lock(Path({str(tmp_path)!r}))
         print("locked", flush=True)
         time.sleep(300)
@@ -132,7 +132,7 @@ def test_a_filesystem_without_locks_runs_unlocked_with_a_warning(tmp_path, monke
 
 
 def test_a_lock_that_cannot_be_created_is_one_line(tmp_path):
-    from rnnlm.rundir import claim
+    from rnnlm.utils.rundir import claim
 
     (tmp_path / LOCK_NAME).mkdir()
     with pytest.raises(RnnlmError, match=r"cannot create the run dir's lock file .*\.rnnlm\.lock \(Is a directory\)"):
@@ -140,7 +140,7 @@ def test_a_lock_that_cannot_be_created_is_one_line(tmp_path):
 
 
 def test_a_disk_too_full_for_the_first_files_is_refused_before_hydra_writes(tmp_path):
-    from rnnlm.rundir import check_writable
+    from rnnlm.utils.rundir import check_writable
 
     with tmpfs(tmp_path / "disk", "16k") as disk:
         (disk / "filler").write_bytes(b"\0" * 8192)

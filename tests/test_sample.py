@@ -8,10 +8,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from rnnlm.checkpoint import load_model
-from rnnlm.errors import CheckpointError, ConfigError
 from rnnlm.generation import score_ids
-from rnnlm.sampling import sample
+from rnnlm.models.loading import load_model
+from rnnlm.sampling.sample import sample
+from rnnlm.utils.errors import CheckpointError, ConfigError
 from tests.conftest import CONF_DIR
 from tests.processes import run_script
 

@@ -86,7 +86,7 @@ def test_a_relaunched_rank_runs_its_job_not_a_sweep(monkeypatch):
 
     from omegaconf import OmegaConf
 
-    from rnnlm import cli
+    from rnnlm.utils import cli
 
     hydra_cfg = OmegaConf.create({"overrides": {"task": ["hparams_search=optuna", "model.hidden_size=64"]},
                                   "run": {"dir": "outputs/x"}, "runtime": {"output_dir": "/sweep/3"}})

@@ -1,4 +1,4 @@
-"""The package's dependencies point one way: no two parts of src/rnnlm import each other."""
+"""The package reads as the pipeline: each layer imports only the layers below it."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rnnlm"
+# Bottom to top. training and sampling are the two tasks: neither imports the other.
+LAYERS = ["utils", "data", "fastpaths", "models", "generation", {"training", "sampling"}, "report"]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in ([layer] if isinstance(layer, str) else layer)}
 
 
 def part(module: str) -> str:
-    """``rnnlm.models.rnn`` -> ``models`` (a subpackage or a top-level module)."""
+    """``rnnlm.models.network`` -> ``models`` (a subpackage or a top-level module)."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else parts[0]
 
@@ -31,22 +34,23 @@ def import_edges() -> set[tuple[str, str]]:
     return edges
 
 
-def test_no_two_parts_of_the_package_import_each_other():
+def test_every_part_of_the_package_has_a_layer():
+    parts = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()} - {"__init__"}
+    assert parts == set(RANK), "place each new part of src/rnnlm in LAYERS"
+
+
+def test_layers_import_only_the_layers_below_them():
     edges = import_edges()
-    assert ("models", "errors") in edges  # the walk sees imports at all
-    graph: dict[str, set[str]] = {}
-    for a, b in edges:
-        graph.setdefault(a, set()).add(b)
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
-
-    cycles = sorted(a for a in graph if reaches(a, a, set()))
-    assert not cycles, f"import cycle through {cycles}"
+    assert ("models", "utils") in edges and ("sampling", "generation") in edges  # the walk sees imports at all
+    upward = sorted((a, b) for a, b in edges if RANK[b] >= RANK[a])
+    assert not upward, f"imports that point up or sideways: {upward}"
 
 
-def test_data_models_generation_point_one_way():
-    edges = import_edges()
-    assert ("models", "fastpaths") in edges and ("generation", "fastpaths") in edges
-    assert not {("data", "models"), ("data", "generation"), ("evaluation", "models"), ("models", "generation")} & edges
-    assert not {edge for edge in edges if edge[0] == "fastpaths"}  # torch only: below everything that uses it
+def test_at_most_four_flat_modules_at_the_top():
+    flat = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert len(flat) <= 4, flat
+
+
+def test_the_benchmark_is_not_installed():
+    assert not (PACKAGE / "bench").exists()
+    assert (PACKAGE.parents[1] / "benchmarks" / "__main__.py").exists()

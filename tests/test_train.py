@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm import runtime
-from rnnlm.checkpoint import load_model
-from rnnlm.errors import ConfigError
-from rnnlm.evaluation import score_totals
-from rnnlm.train import resolve_precision, train
+from rnnlm.models.evaluation import score_totals
+from rnnlm.models.loading import load_model
+from rnnlm.training import precision as runtime
+from rnnlm.training.train import resolve_precision, train
+from rnnlm.utils.errors import ConfigError
 from tests.conftest import CONF_DIR, TINY, compose_train
 from tests.processes import run_script as run_cli
 
@@ -336,7 +336,7 @@ def test_an_adaptive_word_model_trains_calibrates_scores_and_decodes_every_way(t
     """output=adaptive: training's loss, val/stateful scoring, calibration, the checkpoint
     (loaded weights_only), sampling, beam search and score mode."""
     from rnnlm.generation import DecodeSettings, generate
-    from rnnlm.sampling import sample
+    from rnnlm.sampling.sample import sample
     from tests.test_sample import sample_cfg
 
     cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=400",

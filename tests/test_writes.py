@@ -13,11 +13,11 @@ import time
 import pytest
 import torch
 
-from rnnlm.checkpoint import CHECKPOINT_FORMAT, load_model
-from rnnlm.checkpoint_io import AtomicCheckpointIO
-from rnnlm.errors import CheckpointError
-from rnnlm.files import TEMP_PREFIX, DiskError, write_text, write_with
-from rnnlm.resume import resolve_ckpt_path
+from rnnlm.models.loading import CHECKPOINT_FORMAT, load_model
+from rnnlm.training.checkpoint_io import AtomicCheckpointIO
+from rnnlm.training.resume import resolve_ckpt_path
+from rnnlm.utils.errors import CheckpointError
+from rnnlm.utils.files import TEMP_PREFIX, DiskError, write_text, write_with
 from tests.mounts import tmpfs
 from tests.processes import run_script, started
 
@@ -71,7 +71,7 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     torch.save({"generation": 1, "w": torch.ones(3)}, path)
     writer = textwrap.dedent(f"""
         import torch
-        from rnnlm.checkpoint_io import AtomicCheckpointIO
+        from rnnlm.training.checkpoint_io import AtomicCheckpointIO
         print("writing", flush=True)
         while True:
             AtomicCheckpointIO().save_checkpoint({{"generation": 2, "w": torch.randn(50_000_000)}}, {str(path)!r})
@@ -134,7 +134,7 @@ def test_a_full_disk_is_one_error_line_and_the_run_stays_resumable(tmp_path, cor
 
 
 def test_a_stream_takes_its_name_when_complete_and_keeps_its_text_when_interrupted(tmp_path):
-    from rnnlm.files import streamed
+    from rnnlm.utils.files import streamed
 
     with streamed(tmp_path / "sample_0.txt", encoding="utf-8") as handle:
         handle.write("complete")
@@ -147,7 +147,7 @@ def test_a_stream_takes_its_name_when_complete_and_keeps_its_text_when_interrupt
 
 
 def test_a_full_disk_met_by_another_writer_is_one_line(tmp_path):
-    from rnnlm.cli import as_user_error
+    from rnnlm.utils.cli import as_user_error
 
     try:
         try:

@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rnnlm.errors import RnnlmError
-from rnnlm.files import atomic_open, write_text, write_with
+from rnnlm.utils.errors import RnnlmError
+from rnnlm.utils.files import atomic_open, write_text, write_with
 
 # Config values reported for every run: column name -> dotted key in .hydra/config.yaml.
 CONFIG_COLUMNS: dict[str, str] = {
@@ -195,7 +195,7 @@ def load_metrics(path: Path) -> tuple[dict[str, Any], str]:
         return {}, STATUS_BAD_METRICS
     if not isinstance(record, dict) or not isinstance(record.get("metrics", {}), dict):
         return {}, STATUS_BAD_METRICS
-    if record.get("error"):  # a multirun job that stopped on bad input (rnnlm.cli)
+    if record.get("error"):  # a multirun job that stopped on bad input (rnnlm.utils.cli)
         return {}, f"failed: {record['error']}"
     metrics = dict(record.get("metrics") or {})
     metrics["global_step"] = record.get("global_step")

@@ -20,7 +20,7 @@ if HydraOptunaSweeper is not None:
         """The plugin asks the study for its best trial at the end, which raises when no trial
         completed (each failed on bad input: such a job returns None, which the plugin marks
         failed); here the sweep then ends normally and the run-dir callback lists the failed
-        jobs (``rnnlm.rundir``). A job that crashed still raises, with its traceback."""
+        jobs (``rnnlm.utils.rundir``). A job that crashed still raises, with its traceback."""
 
         def sweep(self, arguments: list[str]) -> Any:
             try:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rnnlm.errors import CorpusError
+from rnnlm.utils.errors import CorpusError
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _HEADING = re.compile(r"^#+\s*")

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from rnnlm.data.permutation import LazyPermutation
 from rnnlm.data.prepare import CorpusSettings, PreparedCorpus, prepare
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
-from rnnlm.errors import ConfigError, CorpusError
+from rnnlm.utils.errors import ConfigError, CorpusError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class CorpusDataModule(pl.LightningDataModule):
         regions = {split: (bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
         if self.calibration:
             # The start of the train region, never trained on: where the logit scale is fitted
-            # (rnnlm.calibration). Not its end: the text next to the validation split is the most
+            # (rnnlm.models.calibration). Not its end: the text next to the validation split is the most
             # useful to train on, as it is the closest in content to what is scored (docs/results.md).
             cut = int(len(ids) * self.calibration)
             regions["calibration"] = (0, cut)

@@ -47,8 +47,8 @@ from rnnlm.data.corpus import (
     stream_corpus,
 )
 from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
-from rnnlm.errors import ConfigError, CorpusError
-from rnnlm.files import disk_error, fsync_dir
+from rnnlm.utils.errors import ConfigError, CorpusError
+from rnnlm.utils.files import disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
 

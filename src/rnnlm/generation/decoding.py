@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlm.errors import ConfigError
 from rnnlm.fastpaths import decoding_step
+from rnnlm.utils.errors import ConfigError
 
 STRATEGIES = ("greedy", "sample", "beam", "stochastic_beam")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from rnnlm.data.tokenizers import Tokenizer
-from rnnlm.errors import ConfigError
+from rnnlm.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

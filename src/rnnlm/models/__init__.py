@@ -1,4 +1,4 @@
 from rnnlm.models.module import LanguageModel
-from rnnlm.models.rnn import RNNLM
+from rnnlm.models.network import RNNLM
 
 __all__ = ["RNNLM", "LanguageModel"]

@@ -12,10 +12,10 @@ import torch
 from torchmetrics import MeanMetric, MinMetric
 
 from rnnlm.data.tokenizers import Tokenizer
-from rnnlm.errors import ConfigError
-from rnnlm.evaluation import score_totals
+from rnnlm.models.evaluation import score_totals
 from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, max_tails, resolve_output
-from rnnlm.models.rnn import RNNLM
+from rnnlm.models.network import RNNLM
+from rnnlm.utils.errors import ConfigError
 
 NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, cell, hidden_size, ...
 NETWORK_DEFAULTS = {k: p.default for k, p in inspect.signature(RNNLM).parameters.items() if p.default is not p.empty}
@@ -168,7 +168,7 @@ class LanguageModel(pl.LightningModule):
         self.log(f"{split}/bpc_stateful", loss / LN2 / chars_per_token, sync_dist=True)
 
     # The stateful pass runs at epoch start, after every callback's: a weight-averaging
-    # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.calibration's
+    # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.models.calibration's
     # callback has fitted the logit scale.
     def on_validation_epoch_start(self) -> None:
         self._log_stateful("val")
@@ -195,6 +195,6 @@ class LanguageModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rnnlm_format"] = CHECKPOINT_FORMAT
         # The latest validation figures, as plain floats: a list of checkpoints can show them
-        # without the run's logs (rnnlm.playground).
+        # without the run's logs (rnnlm.sampling.playground).
         metrics = self.trainer.callback_metrics if self._trainer is not None else {}
         checkpoint[CHECKPOINT_METRICS] = {k: float(metrics[k]) for k in SAVED_METRICS if k in metrics}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rnnlm.errors import ConfigError
+from rnnlm.utils.errors import ConfigError
 
 OUTPUTS = ("softmax", "adaptive")
 ADAPTIVE_ABOVE = 8192  # output=auto: an adaptive softmax for vocabularies larger than this

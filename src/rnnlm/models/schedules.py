@@ -8,7 +8,7 @@ import math
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from rnnlm.errors import ConfigError
+from rnnlm.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,0 @@
-from rnnlm.bench.run import main
-
-raise SystemExit(main())

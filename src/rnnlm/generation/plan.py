@@ -1,0 +1,70 @@
+"""From settings and text to what the engine takes: a generation's checked plan (settings, prompt
+ids, stop ids) and a text's ids and scores. Shared by ``sample.py`` and the playground."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.generation.decoding import DecodeSettings
+from rnnlm.generation.prompt import check_known, encode_prompt, encode_stop
+from rnnlm.models.evaluation import score_ids
+from rnnlm.models.loading import LoadedModel
+from rnnlm.utils.errors import ConfigError
+
+MAX_BEAM_LENGTH = 100_000  # beams hold their whole sequences; sampling streams instead
+
+
+def text_ids(loaded: LoadedModel, text: str, unknown: str = "replace") -> torch.Tensor:
+    """The ids of a text to score (pieces the vocabulary lacks: see ``check_known``)."""
+    check_known(loaded.tokenizer, text, "the text to score", unknown)
+    return torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
+
+
+def score_text(loaded: LoadedModel, ids: torch.Tensor,
+               each_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
+    """What ``mode=score`` reports of a text's ids: loss, perplexity, bits per token and per
+    character (``each_chunk``: see ``evaluation.score_totals``)."""
+    lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
+    return score_ids(loaded.net, ids, char_lengths=lengths, each_chunk=each_chunk)
+
+
+def settings_from(cfg: Mapping[str, Any]) -> DecodeSettings:
+    return DecodeSettings(
+        strategy=cfg.strategy, temperature=cfg.temperature, top_k=cfg.get("top_k"), top_p=cfg.get("top_p"),
+        beam_width=cfg.get("beam_width", 5), length_penalty=cfg.get("length_penalty", 0.0),
+    )
+
+
+@dataclass
+class DecodePlan:
+    """A generation's checked settings, its prompt and the ids it primes with."""
+
+    settings: DecodeSettings
+    length: int
+    prompt: str
+    ids: list[int]
+    stop: list[int]
+
+    @property
+    def beam(self) -> bool:
+        return self.settings.strategy in ("beam", "stochastic_beam")
+
+
+def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Callable[[], str],
+                max_beam_length: int = MAX_BEAM_LENGTH) -> DecodePlan:
+    """Check ``cfg``'s decoding options against the checkpoint's vocabulary (one-line errors),
+    then read the prompt and encode it and the stop string."""
+    settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
+    length = cfg.length
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ConfigError(f"length={length!r}; it must be an integer >= 0 (new tokens per sample)")
+    if settings.strategy in ("beam", "stochastic_beam") and length > max_beam_length:
+        raise ConfigError(f"length={length} is too long for beam search (at most {max_beam_length}); use strategy=sample")
+    prompt = read_prompt()
+    return DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),
+                      encode_stop(tokenizer, cfg.stop) if cfg.get("stop") else [])

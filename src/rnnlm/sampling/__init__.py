@@ -1,0 +1,1 @@
+"""What ``python sample.py`` runs: generate or score from a checkpoint (``sample.py``), and the playground page (``playground/``)."""

@@ -1,0 +1,1 @@
+"""What ``python train.py`` runs: ``train(cfg)``, its callbacks, checkpoint files, resuming, precision."""
