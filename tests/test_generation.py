@@ -142,13 +142,15 @@ def test_sample_statistics():
 @pytest.mark.parametrize(
     "settings, match",
     [
-        (DecodeSettings(temperature=-0.1), r"temperature=-0.1; it must be >= 0"),
-        (DecodeSettings(top_p=0.0), r"top_p=0.0; it must be in \(0, 1\]"),
+        (DecodeSettings(temperature=-0.1), r"temperature=-0.1 is not allowed: it must be a finite number >= 0 and <= 100"),
+        (DecodeSettings(top_p=0.0), r"top_p=0.0 is not allowed: it must be a finite number > 0 and <= 1"),
         (DecodeSettings(top_p=1.5), r"top_p=1.5"),
-        (DecodeSettings(top_k=0), r"top_k=0; it must be an integer in \[1, 13\]"),
-        (DecodeSettings(top_k=14), r"top_k=14"),
-        (DecodeSettings(strategy="beam", beam_width=0), r"beam_width=0; it must be an integer >= 1"),
-        (DecodeSettings(strategy="nucleus"), r"strategy='nucleus'; use one of"),
+        (DecodeSettings(top_k=0), r"top_k=0 is not allowed: it must be an integer >= 1"),
+        (DecodeSettings(top_k=14), r"top_k=14 is above the vocabulary's 13 tokens"),
+        (DecodeSettings(strategy="beam", beam_width=0), r"beam_width=0 is not allowed: it must be an integer >= 1 and <= 1024"),
+        (DecodeSettings(strategy="beam", length_penalty=10**30), r"length_penalty=1000000000000000000000000000000 is not allowed"),
+        (DecodeSettings(temperature=10**30), r"temperature=1000000000000000000000000000000 is not allowed"),
+        (DecodeSettings(strategy="nucleus"), r"strategy='nucleus' is not allowed: it must be one of greedy, sample, beam, stochastic_beam"),
     ],
 )
 def test_bad_decode_settings(settings, match):

@@ -56,11 +56,13 @@ def test_logit_scale_applies_outside_training_and_is_saved():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"cell": "transformer"}, r"model.cell='transformer'; use one of \['gru', 'lstm', 'rnn'\]"),
-        ({"hidden_size": "abc"}, r"model.hidden_size='abc'; it must be a positive integer"),
+        ({"cell": "transformer"}, r"model.cell='transformer' is not allowed: it must be one of lstm, gru, rnn"),
+        ({"hidden_size": "abc"}, r"model.hidden_size='abc' is not allowed: it must be an integer >= 1 and <= 16384"),
         ({"num_layers": 0}, r"model.num_layers=0"),
+        ({"hidden_size": 10**11}, r"model.hidden_size=100000000000 is not allowed: it must be an integer >= 1 and <= 16384"),
+        ({"embedding_dim": 10**20}, r"model.embedding_dim=100000000000000000000 is not allowed"),
         ({"dropout": 1.5}, r"model.dropout=1.5"),
-        ({"input_dropout": -0.1}, r"model.input_dropout=-0.1; it must be a number in \[0, 1\)"),
+        ({"input_dropout": -0.1}, r"model.input_dropout=-0.1 is not allowed: it must be a finite number >= 0 and < 1"),
         ({"embedding_dim": None, "onehot_max_vocab": 10}, r"one-hot input with a vocabulary of 50 .* set model.embedding_dim"),
     ],
 )

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rnnlm.sampling.sample import sample
 from rnnlm.training.train import train
 from rnnlm.utils.errors import ConfigError
-from rnnlm.utils.options import SAMPLE_OPTIONS, TRAIN_OPTIONS, Number, check_numbers, leaves, rule_for
+from rnnlm.utils.options import OPTIONS, Choice, Number, check_config, leaves, rule_for
 from tests.conftest import CONF_DIR, TINY, compose_train
 from tests.processes import run_script
 
@@ -43,13 +43,12 @@ def numeric_options(name: str, variants: list[list[str]]) -> dict[str, object]:
 DEFAULTS = {"train": composed("train", []), "sample": composed("sample", [])}
 TRAIN_NUMBERS = numeric_options("train", TRAIN_VARIANTS)
 SAMPLE_NUMBERS = numeric_options("sample", [[]])
-RULES = {"train": TRAIN_OPTIONS, "sample": SAMPLE_OPTIONS}
 
 
 @pytest.mark.parametrize("task, key", [*(("train", k) for k in TRAIN_NUMBERS), *(("sample", k) for k in SAMPLE_NUMBERS)])
 def test_every_numeric_option_has_a_rule_that_its_default_meets(task, key):
     numbers = TRAIN_NUMBERS if task == "train" else SAMPLE_NUMBERS
-    rule = rule_for(key, RULES[task])
+    rule = rule_for(key)
     assert rule is not None, f"{task}: add a rule for {key} to rnnlm.utils.options"
     assert rule.accepts(numbers[key]), f"{task}: the default {key}={numbers[key]} breaks its own rule"
 
@@ -68,16 +67,16 @@ CASES = [(task, key) for task, numbers in (("train", TRAIN_NUMBERS), ("sample", 
 def test_each_bad_number_is_refused_in_one_line(task, key):
     """nan and inf everywhere; zero, negative, fractional and huge values unless the
     option's kind allows them."""
-    rule = rule_for(key, RULES[task])
+    rule = rule_for(key)
     for bad in BAD_VALUES:
         cfg = with_value(DEFAULTS[task], key, bad)
         if isinstance(bad, float) and not math.isfinite(bad):
             assert not rule.accepts(bad), (key, bad)
         if rule.accepts(bad):
-            check_numbers(cfg, RULES[task])  # allowed by the option's kind: no error
+            check_config(cfg)  # allowed by the option's kind: no error
             continue
         with pytest.raises(ConfigError) as info:
-            check_numbers(cfg, RULES[task])
+            check_config(cfg)
         message = str(info.value)
         assert "\n" not in message
         assert message.startswith(f"{key.split('.')[0]}") and key.split(".")[-1] in message, message
@@ -99,16 +98,35 @@ MUST_ACCEPT = [("train", "trainer.devices", "auto"), ("train", "trainer.devices"
 
 @pytest.mark.parametrize("task, key, value", MUST_ACCEPT)
 def test_documented_values_stay_accepted(task, key, value):
-    check_numbers(with_value(DEFAULTS[task], key, value), RULES[task])
+    check_config(with_value(DEFAULTS[task], key, value))
 
 
 def test_kinds_describe_what_is_allowed():
-    assert Number(integer=True, low=1).allowed() == "an integer >= 1"
-    assert Number(low=0, high=1, high_open=True).allowed() == "a finite number >= 0 and < 1"
-    steps = Number(fraction_or_count=True, low=1)
+    assert Number(1, 64, integer=True).allowed() == "an integer >= 1 and <= 64"
+    assert Number(0, 1, high_open=True).allowed() == "a finite number >= 0 and < 1"
+    assert Number(0, 10**9, integer=True).allowed() == "an integer >= 0 and <= 1,000,000,000"
+    steps = Number(1, 10**9, fraction_or_count=True)
     assert steps.accepts(1000) and steps.accepts(0.25) and not steps.accepts(0) and not steps.accepts(1.5)
-    assert not Number(integer=True, low=1).accepts(True)  # a bool is not a count
-    assert not Number().accepts("3")
+    assert not steps.accepts(10**9 + 1)
+    assert not Number(1, 64, integer=True).accepts(True)  # a bool is not a count
+    assert not Number(0, 1).accepts("3")
+    assert Choice(("a", "b")).allowed() == "one of a, b" and not Choice(("a", "b")).accepts("c")
+
+
+def test_every_number_has_an_upper_bound_that_keeps_it_finite():
+    """An upper bound on every numeric rule: beyond it a value overflows, hangs or fills memory."""
+    for pattern, rule in OPTIONS.items():
+        if isinstance(rule, Number):
+            assert math.isfinite(rule.high) and rule.high <= 2**32, pattern
+            assert not rule.accepts(10**30) and not rule.accepts(1e300), pattern
+
+
+def test_registries_offer_what_the_rules_allow():
+    from rnnlm.data.tokenizers import TOKENIZERS
+    from rnnlm.models.network import CELLS
+
+    assert set(OPTIONS["model.cell"].names) == set(CELLS)
+    assert set(OPTIONS["data.tokenizer"].names) == set(TOKENIZERS)
 
 
 def test_train_checks_numbers_before_reading_the_corpus(tmp_path):

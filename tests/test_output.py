@@ -39,7 +39,7 @@ def test_cutoffs_follow_the_token_frequencies():
 def test_output_choice_and_bad_settings():
     assert resolve_output("auto", 8193) == "adaptive" and resolve_output("auto", 8192) == "softmax"
     assert resolve_output("auto", 100, adaptive_above=50) == "adaptive"
-    with pytest.raises(ConfigError, match=r"model.output='hierarchical'; use one of \['auto', 'softmax', 'adaptive'\]"):
+    with pytest.raises(ConfigError, match=r"model.output='hierarchical' is not allowed: it must be one of auto, softmax, adaptive"):
         resolve_output("hierarchical", 10)
     with pytest.raises(ConfigError, match=r"model.adaptive_cutoffs=\[50, 20\]; give increasing integers in \[1, 99\]"):
         RNNLM(100, output="adaptive", adaptive_cutoffs=[50, 20])

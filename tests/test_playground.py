@@ -193,7 +193,7 @@ def test_cell_view_and_find_cells(playground):
 @pytest.mark.parametrize("path, body, match", [
     ("api/generate", {"temperature": -1}, "temperature=-1 is not allowed: it must be a finite number >= 0"),
     ("api/generate", {"top_p": 2}, "top_p=2 is not allowed"),
-    ("api/generate", {"strategy": "nucleus"}, "strategy='nucleus'; use one of"),
+    ("api/generate", {"strategy": "nucleus"}, "strategy='nucleus' is not allowed: it must be one of greedy, sample"),
     ("api/generate", {"length": MAX_LENGTH + 1}, f"length={MAX_LENGTH + 1} is above the playground's cap of {MAX_LENGTH}"),
     ("api/generate", {"num_samples": 50}, "num_samples=50 is above the playground's cap"),
     ("api/generate", {"prompt": "x" * 10_001}, "the prompt has 10,001 characters"),
@@ -206,7 +206,7 @@ def test_cell_view_and_find_cells(playground):
     ("api/score", {"text": "a"}, "at least two tokens"),
     ("api/score", {"text": "ab", "top_k": 0}, "top_k=0 is not allowed"),
     ("api/cells", {"text": "abc", "layer": 0, "state": "cell", "unit": 999}, "unit=999; it must be an integer in [0, 47]"),
-    ("api/generate", {"beam_width": 1000000, "strategy": "beam"}, "beam_width=1000000 is above the playground's cap of 16"),
+    ("api/generate", {"beam_width": 1000, "strategy": "beam"}, "beam_width=1000 is above the playground's cap of 16"),
     ("api/generate", {"strategy": "beam", "length": 4000}, "too long for beam search (at most 1000)"),
     ("api/generate", {"seed": 10**400, "length": 1}, "is not allowed"),  # too long for a torch seed
 ])
@@ -216,6 +216,26 @@ def test_bad_requests_get_one_line_errors(playground, path, body, match):
     assert response.status_code == 400
     message = response.json()["error"]
     assert match in message and "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize("key, value", [("length_penalty", 10**30), ("temperature", 10**30), ("top_p", 1e300),
+                                        ("beam_width", 10**20), ("length", 10**20), ("num_samples", 10**20)])
+def test_the_page_and_the_command_line_refuse_a_value_with_the_same_line(playground, tmp_path, key, value):
+    """Past its upper bound a number is refused before anything runs, in the same words: a beam
+    search with length_penalty=10**30 once froze the server computing an exact integer power."""
+    from rnnlm.sampling.sample import sample
+
+    with pytest.raises(ConfigError) as on_the_command_line:
+        sample(sample_config(tmp_path, f"{key}={value}", "ckpt=/nonexistent.ckpt"))
+    response = httpx.post(playground[0] + "api/generate", json={"strategy": "beam", "length": 5, key: value})
+    assert response.status_code == 400
+    assert response.json()["error"] == str(on_the_command_line.value)
+    assert f"{key}=" in response.json()["error"] and "<=" in response.json()["error"]
+
+
+def test_beam_search_at_the_largest_length_penalty_ends(playground):
+    events = generate(playground[0], strategy="beam", length=8, length_penalty=10, beam_width=4)
+    assert events[-1]["type"] == "done"
 
 
 def test_malformed_and_oversized_bodies(playground):

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnlm.data.permutation import LazyPermutation
 from rnnlm.data.prepare import CorpusSettings, PreparedCorpus, prepare
-from rnnlm.data.tokenizers import TOKENIZERS, Tokenizer
+from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.utils.errors import ConfigError, CorpusError
+from rnnlm.utils.options import check_args
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class WindowDataset(Dataset):
         return inputs[0], targets[0]
 
 
-ORDERS = ("shuffle", "lanes")
 
 
 class WindowSampler(Sampler[int]):
@@ -156,22 +156,15 @@ class CorpusDataModule(pl.LightningDataModule):
         vocab_size: int | None = None,
     ):
         super().__init__()
-        if tokenizer not in TOKENIZERS:
-            raise ConfigError(f"data.tokenizer={tokenizer!r}; use one of {sorted(TOKENIZERS)}")
+        check_args("data", tokenizer=tokenizer, max_vocab=max_vocab, min_freq=min_freq, seq_len=seq_len, stride=stride,
+                   batch_size=batch_size, eval_batch_size=eval_batch_size, splits=list(splits), num_workers=num_workers,
+                   seed=seed, order=order, calibration=calibration, vocab_size=vocab_size)
         if tokenizer == "bpe" and max_vocab is not None:
             raise ConfigError(f"data.max_vocab={max_vocab} does not apply to data.tokenizer=bpe; "
                               f"set the size it learns with data.vocab_size={max_vocab}")
         if tokenizer != "bpe" and vocab_size is not None:
             raise ConfigError(f"data.vocab_size={vocab_size} is the size data.tokenizer=bpe learns; "
                               f"to cap a {tokenizer} vocabulary use data.max_vocab={vocab_size}")
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257):
-            raise ConfigError(f"data.vocab_size={vocab_size!r}; a byte-level BPE vocabulary holds <unk> and the 256 "
-                              "bytes, so give an integer >= 257 (e.g. 1024)")
-        for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("stride", stride)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"data.{name}={value!r}; it must be a positive integer")
-        if order not in ORDERS:
-            raise ConfigError(f"data.order={order!r}; use one of {list(ORDERS)}")
         if order == "lanes" and stride not in (None, seq_len):
             raise ConfigError(
                 f"data.order=lanes needs windows that follow each other (data.stride={stride} != "
@@ -182,7 +175,7 @@ class CorpusDataModule(pl.LightningDataModule):
                 f"data.splits={list(splits)}; give train/val/test fractions summing to 1 "
                 "(train and val > 0; test may be 0, as in nanoGPT's 90/10 split)"
             )
-        if isinstance(calibration, bool) or not isinstance(calibration, (int, float)) or not 0 <= calibration < splits[0]:
+        if calibration >= splits[0]:
             raise ConfigError(
                 f"data.calibration={calibration!r}; give the fraction of the corpus held out from the start "
                 f"of the train split to fit the output temperature: 0 (off) up to below {splits[0]}, e.g. 0.01"

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from rnnlm.utils.options import check_value
+
 UNK = "<unk>"
 _CHUNK = 1 << 22  # code points encoded per vectorised step; bounds the temporary memory
 # A word or punctuation mark takes the single space before it, as GPT-2's pre-tokenizer does:
@@ -252,8 +254,7 @@ class BPETokenizer(Tokenizer):
         from tokenizers import decoders, models, pre_tokenizers, trainers
 
         size = max_vocab or cls.DEFAULT_SIZE
-        if size < 257:
-            raise ValueError(f"a byte-level BPE vocabulary holds <unk> and the 256 bytes; {size} is too small")
+        check_value("data.vocab_size", size)
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()

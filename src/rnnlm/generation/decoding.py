@@ -7,7 +7,6 @@ together; ``beam`` expands all beams in one forward per step.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +17,7 @@ from torch import nn
 
 from rnnlm.fastpaths import decoding_step
 from rnnlm.utils.errors import ConfigError
-
-STRATEGIES = ("greedy", "sample", "beam", "stochastic_beam")
+from rnnlm.utils.options import check_args
 
 
 @dataclass
@@ -34,18 +32,12 @@ class DecodeSettings:
     length_penalty: float = 0.0  # beam scores are divided by length ** length_penalty
 
     def validate(self, vocab_size: int, num_samples: int = 1) -> DecodeSettings:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy={self.strategy!r}; use one of {list(STRATEGIES)}")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ConfigError(f"temperature={self.temperature!r}; it must be >= 0 (0 means greedy)")
-        if self.top_k is not None and not (isinstance(self.top_k, int) and 1 <= self.top_k <= vocab_size):
-            raise ConfigError(f"top_k={self.top_k!r}; it must be an integer in [1, {vocab_size}] (the vocabulary size) or null")
-        if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ConfigError(f"top_p={self.top_p!r}; it must be in (0, 1] or null")
-        if not isinstance(self.beam_width, int) or self.beam_width < 1:
-            raise ConfigError(f"beam_width={self.beam_width!r}; it must be an integer >= 1")
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples={num_samples!r}; it must be an integer >= 1")
+        """Each setting by its rule (``rnnlm.utils.options``), then what relates them."""
+        check_args("", strategy=self.strategy, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                   beam_width=self.beam_width, length_penalty=self.length_penalty, num_samples=num_samples)
+        if self.top_k is not None and self.top_k > vocab_size:
+            raise ConfigError(f"top_k={self.top_k} is above the vocabulary's {vocab_size} tokens; give at most "
+                              f"{vocab_size}, or null for no limit")
         if self.strategy in ("beam", "stochastic_beam") and num_samples > self.beam_width:
             raise ConfigError(f"num_samples={num_samples} > beam_width={self.beam_width}; beam search returns at most beam_width sequences")
         return self
@@ -303,10 +295,10 @@ def beam_search(
             state = select_state(state, keep)
         logits, state = step(tokens, state)
     pool = finished + [(s, float(v)) for s, v in zip(seqs.tolist(), scores.tolist())]
-    pool.sort(key=lambda sv: sv[1] / max(len(sv[0]), 1) ** settings.length_penalty, reverse=True)
+    pool.sort(key=lambda sv: sv[1] / float(max(len(sv[0]), 1)) ** settings.length_penalty, reverse=True)
     top = pool[:num_samples]
     return Generation(
         [s for s, _ in top],
         [-v / max(len(s), 1) for s, v in top],
-        [v / max(len(s), 1) ** settings.length_penalty for s, v in top],
+        [v / float(max(len(s), 1)) ** settings.length_penalty for s, v in top],
     )

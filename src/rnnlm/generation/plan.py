@@ -15,6 +15,7 @@ from rnnlm.generation.prompt import check_known, encode_prompt, encode_stop
 from rnnlm.models.evaluation import score_ids
 from rnnlm.models.loading import LoadedModel
 from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.options import check_value
 
 MAX_BEAM_LENGTH = 100_000  # beams hold their whole sequences; sampling streams instead
 
@@ -61,8 +62,7 @@ def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Calla
     then read the prompt and encode it and the stop string."""
     settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
     length = cfg.length
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ConfigError(f"length={length!r}; it must be an integer >= 0 (new tokens per sample)")
+    check_value("length", length)
     if settings.strategy in ("beam", "stochastic_beam") and length > max_beam_length:
         raise ConfigError(f"length={length} is too long for beam search (at most {max_beam_length}); use strategy=sample")
     prompt = read_prompt()

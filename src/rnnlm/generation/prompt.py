@@ -6,6 +6,7 @@ import logging
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.options import check_value
 
 log = logging.getLogger(__name__)
 
@@ -13,8 +14,7 @@ log = logging.getLogger(__name__)
 def check_known(tokenizer: Tokenizer, text: str, what: str = "the prompt", unknown: str = "replace") -> None:
     """Warn, naming them, that the pieces of ``text`` the vocabulary lacks become ``<unk>``,
     or with ``unknown="error"`` raise a :class:`ConfigError` that lists them."""
-    if unknown not in ("error", "replace"):
-        raise ConfigError(f"unknown={unknown!r}; use 'error' or 'replace'")
+    check_value("unknown", unknown)
     missing = tokenizer.unknown(text)
     if not missing:
         return

@@ -13,8 +13,8 @@ from torchmetrics import MeanMetric, MinMetric
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.models.evaluation import score_totals
-from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, max_tails, resolve_output
 from rnnlm.models.network import RNNLM
+from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, max_tails, resolve_output
 from rnnlm.utils.errors import ConfigError
 
 NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, cell, hidden_size, ...

@@ -14,6 +14,7 @@ from rnnlm import fastpaths
 from rnnlm.models.evaluation import logit_scores
 from rnnlm.models.output import auto_cutoffs, check_cutoffs, max_tails, resolve_output
 from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.options import check_args
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -38,12 +39,6 @@ def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: in
         width = hidden_size
     macs += hidden_size * vocab_size if output_macs is None else output_macs
     return 2.0 * macs
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model.{name}={value!r}; it must be a positive integer")
-    return value
 
 
 class RNNLM(nn.Module):
@@ -74,14 +69,9 @@ class RNNLM(nn.Module):
         adaptive_div_value: float = 4.0,
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise ConfigError(f"model.cell={cell!r}; use one of {sorted(CELLS)}")
-        vocab_size = _positive_int("vocab_size", vocab_size)
-        hidden_size = _positive_int("hidden_size", hidden_size)
-        num_layers = _positive_int("num_layers", num_layers)
-        for name, rate in (("dropout", dropout), ("input_dropout", input_dropout)):
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-                raise ConfigError(f"model.{name}={rate!r}; it must be a number in [0, 1)")
+        check_args("model", vocab_size=vocab_size, cell=cell, hidden_size=hidden_size, num_layers=num_layers,
+                   dropout=dropout, embedding_dim=embedding_dim, onehot_max_vocab=onehot_max_vocab,
+                   input_dropout=input_dropout, output=output, adaptive_div_value=adaptive_div_value)
         if embedding_dim is None:
             if vocab_size > onehot_max_vocab:
                 raise ConfigError(
@@ -92,7 +82,7 @@ class RNNLM(nn.Module):
             self.embedding = None
             input_size = vocab_size
         else:
-            input_size = _positive_int("embedding_dim", embedding_dim)
+            input_size = embedding_dim
             self.embedding = nn.Embedding(vocab_size, input_size)
         if tie_weights and embedding_dim != hidden_size:
             raise ConfigError(
@@ -112,9 +102,6 @@ class RNNLM(nn.Module):
             if tie_weights:
                 raise ConfigError("model.tie_weights=true needs model.output=softmax: an adaptive softmax has no "
                                   "vocabulary-sized matrix to share")
-            if isinstance(adaptive_div_value, bool) or not isinstance(adaptive_div_value, (int, float)) or not adaptive_div_value >= 1:
-                raise ConfigError(f"model.adaptive_div_value={adaptive_div_value!r}; it must be a number >= 1 (each "
-                                  "tail cluster's projection is this many times narrower than the one before)")
             tails = max_tails(hidden_size, adaptive_div_value)
             if tails == 0:
                 raise ConfigError(f"model.hidden_size={hidden_size} is below model.adaptive_div_value={adaptive_div_value}: "

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.options import check_value
 
-OUTPUTS = ("softmax", "adaptive")
 ADAPTIVE_ABOVE = 8192  # output=auto: an adaptive softmax for vocabularies larger than this
 # The head holds the tokens that make up 70% of the training text, three tail clusters those
 # up to 90%, 98% and the rest. On the plays' 30k words (600 steps, docs/tokenizers.md) this
@@ -24,10 +24,9 @@ COVERAGE = (0.7, 0.9, 0.98)
 
 def resolve_output(output: str, vocab_size: int, adaptive_above: int = ADAPTIVE_ABOVE) -> str:
     """``softmax`` or ``adaptive``; ``auto`` picks adaptive above ``adaptive_above`` tokens."""
+    check_value("model.output", output)
     if output == "auto":
         return "adaptive" if vocab_size > adaptive_above else "softmax"
-    if output not in OUTPUTS:
-        raise ConfigError(f"model.output={output!r}; use one of {['auto', *OUTPUTS]}")
     return output
 
 

@@ -21,7 +21,7 @@ from rnnlm.models.loading import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.files import disk_error, streamed, write_text
 from rnnlm.utils.memory import keep_freed_memory
-from rnnlm.utils.options import SAMPLE_OPTIONS, check_numbers, existing_file
+from rnnlm.utils.options import check_config, existing_file
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,6 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
     plan = decode_plan(cfg, tokenizer, lambda: read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or "")
     prompt, settings, length, ids, stop, beam = plan.prompt, plan.settings, plan.length, plan.ids, plan.stop, plan.beam
     keep = cfg.get("keep_tokens")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ConfigError(f"keep_tokens={keep!r}; it must be an integer >= 1 (tokens per sample kept in memory) or null")
     n = cfg.num_samples
     echo = bool(cfg.get("stream", True)) and n == 1 and not beam
 
@@ -116,7 +114,7 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
 def sample(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Generate (``mode=generate``) or score (``mode=score``); write ``result.json`` to the run dir."""
     keep_freed_memory()
-    check_numbers(cfg, SAMPLE_OPTIONS)
+    check_config(cfg)
     if cfg.mode not in ("generate", "score"):
         raise ConfigError(f"mode={cfg.mode!r}; use 'generate', 'score' or 'serve'")
     output_dir = Path(cfg.output_dir)

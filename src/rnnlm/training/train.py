@@ -34,7 +34,7 @@ from rnnlm.training.resume import check_architecture, resolve_ckpt_path
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import write_text
 from rnnlm.utils.memory import keep_freed_memory
-from rnnlm.utils.options import TRAIN_OPTIONS, check_numbers
+from rnnlm.utils.options import check_config
 from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def interrupted(trainer: pl.Trainer, signum: signal.Signals) -> Interrupted:
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit, test the best checkpoint, and return metrics plus the objects that made them."""
     keep_freed_memory()
-    check_numbers(cfg, TRAIN_OPTIONS)
+    check_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -1,11 +1,16 @@
-"""Every option checked by its kind where it enters, before anything is built.
+"""The rule of every option rnnlm reads, declared once, checked where the option enters.
 
-Numbers: each numeric option of ``train.py`` and ``sample.py`` has a rule below (an
-integer or a real number, its range, whether null is allowed); nan and inf are refused
-everywhere. ``tests/test_options.py`` walks the composed configs and fails for a numeric
-option without a rule, so a new option cannot go unchecked. Paths: :func:`existing_file`
-and :func:`existing_dir` tell a missing path from a file of the wrong kind or one that
-cannot be read.
+:data:`OPTIONS` gives each option of ``train.py`` and ``sample.py`` (and the playground's
+requests, which take ``sample.py``'s names) its kind: an integer or a finite number between
+two bounds, or one of a few names. Both bounds always: the upper one keeps the computation
+finite (a width, a length, a penalty of 10**30 overflows or fills memory). The entry points
+check the whole config before anything is built (:func:`check_config`), the page checks each
+request value (:func:`check_value`), and the constructors (``RNNLM``, ``CorpusDataModule``,
+``DecodeSettings``) check their arguments through :func:`check_args`, so a network built from
+Python is held to the same rules. What relates two options (``top_k`` against the vocabulary,
+``num_samples`` against ``beam_width``) is checked where both are known.
+``tests/test_options.py`` walks the composed configs and fails for a numeric option without a
+rule or without both bounds. Paths: :func:`existing_file` and :func:`existing_dir`.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ from rnnlm.utils.errors import ConfigError
 
 @dataclass(frozen=True)
 class Number:
-    """An integer (``integer=True``) or real number in ``[low, high]`` (ends excluded with
+    """An integer (``integer=True``) or finite number in ``[low, high]`` (ends excluded with
     ``*_open``), null if ``nullable``, or one of the ``special`` values (e.g. -1 = no limit).
-    ``fraction_or_count``: an integer count >= ``low`` or a fraction in (0, 1] (0.0 too when
-    ``low`` is 0), as Lightning's ``val_check_interval``/``limit_*_batches`` take them."""
+    ``fraction_or_count``: an integer count in ``[low, high]`` or a fraction in (0, 1] (0.0 too
+    when ``low`` is 0), as Lightning's ``val_check_interval``/``limit_*_batches`` take them."""
 
+    low: float
+    high: float
     integer: bool = False
-    low: float | None = None
-    high: float | None = None
     low_open: bool = False
     high_open: bool = False
     nullable: bool = False
@@ -42,16 +47,10 @@ class Number:
 
     def allowed(self) -> str:
         if self.fraction_or_count:
-            text = f"an integer >= {int(self.low if self.low is not None else 1)} (steps or batches) or a fraction in (0, 1]"
+            text = f"an integer from {_fmt(self.low)} to {_fmt(self.high)} (steps or batches) or a fraction in (0, 1]"
         else:
             text = "an integer" if self.integer else "a finite number"
-            bounds = []
-            if self.low is not None:
-                bounds.append(f"{'>' if self.low_open else '>='} {self._fmt(self.low)}")
-            if self.high is not None:
-                bounds.append(f"{'<' if self.high_open else '<='} {self._fmt(self.high)}")
-            if bounds:
-                text += " " + " and ".join(bounds)
+            text += f" {'>' if self.low_open else '>='} {_fmt(self.low)} and {'<' if self.high_open else '<='} {_fmt(self.high)}"
         if self.special:
             text += " (or " + " / ".join(str(s) for s in self.special) + ")"
         if self.nullable:
@@ -59,10 +58,6 @@ class Number:
         if self.text_ok:
             text += ", or a string such as 'auto'"
         return text
-
-    @staticmethod
-    def _fmt(x: float) -> str:
-        return str(int(x)) if float(x).is_integer() else str(x)
 
     def accepts(self, value: Any) -> bool:
         if value is None:
@@ -75,99 +70,124 @@ class Number:
             return False
         if isinstance(value, int) and value in self.special:
             return True
-        if self.fraction_or_count:
-            low = self.low if self.low is not None else 1
-            if isinstance(value, float):
-                return 0 < value <= 1 or (low == 0 and value == 0)
-            return value >= low
-        if self.integer and not isinstance(value, int):
+        if self.fraction_or_count and isinstance(value, float):
+            return 0 < value <= 1 or (self.low == 0 and value == 0)
+        if (self.integer or self.fraction_or_count) and not isinstance(value, int):
             return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+        above_low = value > self.low if self.low_open else value >= self.low
+        return above_low and (value < self.high if self.high_open else value <= self.high)
 
 
-COUNT = Number(integer=True, low=1)  # an integer >= 1
-OPTIONAL_COUNT = Number(integer=True, low=1, nullable=True)
-NON_NEGATIVE_INT = Number(integer=True, low=0)
-POSITIVE = Number(low=0, low_open=True)
-NON_NEGATIVE = Number(low=0)
-PROBABILITY = Number(low=0, high=1, high_open=True)  # dropout, decay: [0, 1)
-UNIT = Number(low=0, high=1)
-SEED = Number(integer=True, low=0, high=2**32 - 1, nullable=True)
+@dataclass(frozen=True)
+class Choice:
+    """One of ``names``."""
+
+    names: tuple[str, ...]
+    nullable: bool = False
+
+    def allowed(self) -> str:
+        return "one of " + ", ".join(self.names) + (", or null" if self.nullable else "")
+
+    def accepts(self, value: Any) -> bool:
+        return (value is None and self.nullable) or (isinstance(value, str) and value in self.names)
+
+
+def _fmt(x: float) -> str:
+    """1000000000 as 1,000,000,000; 65535 as itself (a port, a width)."""
+    return (f"{int(x):,}" if abs(x) >= 100_000 else str(int(x))) if float(x).is_integer() else str(x)
+
+
+def count(high: int, nullable: bool = False, low: int = 1) -> Number:
+    """An integer in ``[low, high]``."""
+    return Number(low, high, integer=True, nullable=nullable)
+
+
+Rule = Number | Choice
+BIG = 10**9  # steps, batches, epochs: far beyond any run, small enough that no product overflows
+WIDTH = 2**14  # units of a layer: a 16k-unit LSTM layer already holds 2.1 G weights
+VOCAB = 2**24  # vocabulary entries (and ids): ids are stored as int32 at most
+SEED = Number(0, 2**32 - 1, integer=True, nullable=True)
+PROBABILITY = Number(0, 1, high_open=True)  # dropout, decay: [0, 1)
+UNIT = Number(0, 1)
+BPE_MIN_VOCAB = 257  # a byte-level BPE vocabulary holds <unk> and the 256 bytes
+STRATEGIES = ("greedy", "sample", "beam", "stochastic_beam")
 
 # Rules by option (fnmatch patterns over dotted keys; list items are numbered: data.splits.0).
-# The first matching pattern decides.
-TRAIN_OPTIONS: dict[str, Number] = {
+# The first matching pattern decides. Keys without a dot are sample.py's (and the page's).
+OPTIONS: dict[str, Rule] = {
     "seed": SEED,
     "data.seed": SEED,
-    "data.max_vocab": Number(integer=True, low=2, nullable=True),  # <unk> and at least one real token
-    "data.vocab_size": Number(integer=True, low=257, nullable=True),  # BPE: <unk> and the 256 bytes
-    "data.min_freq": COUNT,
-    "data.seq_len": COUNT,
-    "data.stride": OPTIONAL_COUNT,
-    "data.batch_size": COUNT,
-    "data.eval_batch_size": OPTIONAL_COUNT,
+    "data.tokenizer": Choice(("char", "word", "bpe")),
+    "data.order": Choice(("shuffle", "lanes")),
+    "data.max_vocab": count(VOCAB, nullable=True, low=2),  # <unk> and at least one real token
+    "data.vocab_size": count(2**20, nullable=True, low=BPE_MIN_VOCAB),
+    "data.min_freq": count(BIG),
+    "data.seq_len": count(2**20),
+    "data.stride": count(2**20, nullable=True),
+    "data.batch_size": count(2**16),
+    "data.eval_batch_size": count(2**16, nullable=True),
     "data.splits.*": UNIT,
-    "data.calibration": Number(low=0, high=1, high_open=True),
-    "data.num_workers": NON_NEGATIVE_INT,
-    "model.hidden_size": COUNT,
-    "model.num_layers": COUNT,
+    "data.calibration": PROBABILITY,
+    "data.num_workers": count(256, low=0),
+    "model.cell": Choice(("lstm", "gru", "rnn")),
+    "model.output": Choice(("auto", "softmax", "adaptive")),
+    "model.vocab_size": count(VOCAB),
+    "model.hidden_size": count(WIDTH),
+    "model.num_layers": count(64),
     "model.dropout": PROBABILITY,
     "model.input_dropout": PROBABILITY,
-    "model.embedding_dim": OPTIONAL_COUNT,
-    "model.onehot_max_vocab": COUNT,
-    "model.adaptive_above": COUNT,
-    "model.adaptive_cutoffs.*": COUNT,
-    "model.adaptive_div_value": Number(low=1),
-    "model.stateful_eval_lanes": OPTIONAL_COUNT,
-    "model.optimizer.lr": POSITIVE,
-    "model.optimizer.weight_decay": NON_NEGATIVE,
+    "model.embedding_dim": count(WIDTH, nullable=True),
+    "model.onehot_max_vocab": count(2**16),
+    "model.adaptive_above": count(VOCAB),
+    "model.adaptive_cutoffs.*": count(VOCAB),
+    "model.adaptive_div_value": Number(1, 64),
+    "model.stateful_eval_lanes": count(2**16, nullable=True),
+    "model.optimizer.lr": Number(0, 1000, low_open=True),  # SGD recipes use up to 20-40
+    "model.optimizer.weight_decay": Number(0, 100),
     "model.optimizer.momentum": PROBABILITY,
-    "model.optimizer.eps": POSITIVE,
+    "model.optimizer.eps": Number(0, 1, low_open=True),
     "model.optimizer.betas.*": PROBABILITY,
     "model.optimizer.alpha": PROBABILITY,
-    "model.scheduler.total_steps": COUNT,
-    "model.scheduler.warmup_steps": NON_NEGATIVE_INT,
+    "model.scheduler.total_steps": count(BIG),
+    "model.scheduler.warmup_steps": count(BIG, low=0),
     "model.scheduler.min_ratio": UNIT,
-    "trainer.devices": Number(integer=True, low=1, special=(-1,), text_ok=True),  # 2, -1, "auto", "0,1"
-    "trainer.devices.*": NON_NEGATIVE_INT,  # [0, 1]: device ids
-    "trainer.num_nodes": COUNT,
-    "trainer.max_epochs": Number(integer=True, low=0, special=(-1,), nullable=True),
-    "trainer.min_epochs": Number(integer=True, low=0, nullable=True),
-    "trainer.max_steps": Number(integer=True, low=1, special=(-1,)),
-    "trainer.min_steps": Number(integer=True, low=0, nullable=True),
-    "trainer.val_check_interval": Number(fraction_or_count=True, low=1, nullable=True),
-    "trainer.check_val_every_n_epoch": OPTIONAL_COUNT,
-    "trainer.limit_*_batches": Number(fraction_or_count=True, low=0, nullable=True),
-    "trainer.gradient_clip_val": Number(low=0, nullable=True),
-    "trainer.accumulate_grad_batches": COUNT,
-    "trainer.log_every_n_steps": COUNT,
-    "trainer.num_sanity_val_steps": Number(integer=True, low=0, special=(-1,)),
-    "callbacks.*.save_top_k": Number(integer=True, low=0, special=(-1,)),
-    "callbacks.*.every_n_train_steps": Number(integer=True, low=0, nullable=True),
-    "callbacks.*.every_n_epochs": Number(integer=True, low=0, nullable=True),
-    "callbacks.*.every_n_steps": NON_NEGATIVE_INT,
-    "callbacks.*.temperatures.*": NON_NEGATIVE,
-    "callbacks.*.length": NON_NEGATIVE_INT,
-    "callbacks.*.window_size": Number(integer=True, low=2),  # Lightning's Throughput needs two points
-    "callbacks.*.refresh_rate": NON_NEGATIVE_INT,
+    "trainer.devices": Number(1, 2**16, integer=True, special=(-1,), text_ok=True),  # 2, -1, "auto", "0,1"
+    "trainer.devices.*": count(2**16, low=0),  # [0, 1]: device ids
+    "trainer.num_nodes": count(2**16),
+    "trainer.max_epochs": Number(0, BIG, integer=True, special=(-1,), nullable=True),
+    "trainer.min_epochs": count(BIG, nullable=True, low=0),
+    "trainer.max_steps": Number(1, BIG, integer=True, special=(-1,)),
+    "trainer.min_steps": count(BIG, nullable=True, low=0),
+    "trainer.val_check_interval": Number(1, BIG, fraction_or_count=True, nullable=True),
+    "trainer.check_val_every_n_epoch": count(BIG, nullable=True),
+    "trainer.limit_*_batches": Number(0, BIG, fraction_or_count=True, nullable=True),
+    "trainer.gradient_clip_val": Number(0, 1e6, nullable=True),
+    "trainer.accumulate_grad_batches": count(2**16),
+    "trainer.log_every_n_steps": count(BIG),
+    "trainer.num_sanity_val_steps": Number(0, BIG, integer=True, special=(-1,)),
+    "callbacks.*.save_top_k": Number(0, BIG, integer=True, special=(-1,)),
+    "callbacks.*.every_n_train_steps": count(BIG, nullable=True, low=0),
+    "callbacks.*.every_n_epochs": count(BIG, nullable=True, low=0),
+    "callbacks.*.every_n_steps": count(BIG, low=0),
+    "callbacks.*.temperatures.*": Number(0, 100),
+    "callbacks.*.length": count(2**20, low=0),
+    "callbacks.*.window_size": count(2**20, low=2),  # Lightning's Throughput needs two points
+    "callbacks.*.refresh_rate": count(BIG, low=0),
     "callbacks.*.decay": UNIT,
-    "callbacks.*.patience": NON_NEGATIVE_INT,
-    "callbacks.*.min_delta": NON_NEGATIVE,
-}
-
-SAMPLE_OPTIONS: dict[str, Number] = {
-    "seed": SEED,
-    "length": NON_NEGATIVE_INT,
-    "num_samples": COUNT,
-    "temperature": NON_NEGATIVE,
-    "top_k": OPTIONAL_COUNT,
-    "top_p": Number(low=0, high=1, low_open=True, nullable=True),
-    "beam_width": COUNT,
-    "length_penalty": Number(),
-    "keep_tokens": OPTIONAL_COUNT,
-    "port": Number(integer=True, low=0, high=65535),
+    "callbacks.*.patience": count(BIG, low=0),
+    "callbacks.*.min_delta": Number(0, 1e6),
+    # sample.py, and the playground's requests
+    "strategy": Choice(STRATEGIES),
+    "unknown": Choice(("replace", "error")),
+    "length": count(10**8, low=0),  # tokens per sample; beam search is held to less (generation.plan)
+    "num_samples": count(2**16),
+    "temperature": Number(0, 100),  # 0 = greedy; at 100 the distribution is already near uniform
+    "top_k": count(VOCAB, nullable=True),
+    "top_p": Number(0, 1, low_open=True, nullable=True),
+    "beam_width": count(1024),
+    "length_penalty": Number(-10, 10),  # beam scores are divided by length ** length_penalty
+    "keep_tokens": count(10**8, nullable=True),
+    "port": count(65535, low=0),
 }
 
 SKIPPED_GROUPS = ("hydra", "logger")  # Hydra's own settings; loggers take no numbers we use
@@ -194,8 +214,8 @@ def leaves(cfg: DictConfig) -> Iterator[tuple[str, Any]]:
     yield from walk(cfg, "")
 
 
-def rule_for(key: str, rules: dict[str, Number]) -> Number | None:
-    for pattern, rule in rules.items():
+def rule_for(key: str) -> Rule | None:
+    for pattern, rule in OPTIONS.items():
         if fnmatch.fnmatchcase(key, pattern):
             return rule
     return None
@@ -207,22 +227,43 @@ def display(key: str) -> str:
     return parts[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in parts[1:])
 
 
-def check_value(key: str, value: Any, rules: dict[str, Number]) -> None:
+def check_value(key: str, value: Any) -> None:
     """Raise a one-line :class:`ConfigError` if ``value`` breaks the rule for ``key``."""
-    rule = rule_for(key, rules)
+    rule = rule_for(key)
     if rule is None or rule.accepts(value):
         return
-    shown = repr(value) if isinstance(value, str) else value
     raise ConfigError(
-        f"{display(key)}={shown} is not allowed: it must be {rule.allowed()}; "
+        f"{display(key)}={shown(value)} is not allowed: it must be {rule.allowed()}; "
         "change the override (or drop it for the default)"
     )
 
 
-def check_numbers(cfg: DictConfig, rules: dict[str, Number]) -> None:
+def shown(value: Any) -> str:
+    """``value`` as an error line shows it: quoted text, long text and huge integers cut short
+    (Python refuses to print an int of over 4,300 digits)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 100:
+        return f"<an integer of {len(str(value)) if value.bit_length() < 14_000 else 'over 4,000'} digits>"
+    return str(value)
+
+
+def check_config(cfg: DictConfig) -> None:
     """Raise a one-line :class:`ConfigError` for the first option that breaks its rule."""
     for key, value in leaves(cfg):
-        check_value(key, value, rules)
+        check_value(key, value)
+
+
+def check_args(section: str, **values: Any) -> None:
+    """Check a constructor's arguments by the rules of ``<section>.<name>`` (``section=""``:
+    sample.py's top-level names); lists are checked item by item, as in a config."""
+    for name, value in values.items():
+        key = f"{section}.{name}" if section else name
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                check_value(f"{key}.{i}", item)
+        else:
+            check_value(key, value)
 
 
 def _describe_problem(path: Path) -> str | None:

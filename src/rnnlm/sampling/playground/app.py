@@ -42,7 +42,7 @@ from rnnlm.generation.plan import DecodePlan, decode_plan
 from rnnlm.sampling.playground.catalogue import Catalogue, PlaygroundModel
 from rnnlm.sampling.playground.jobs import cell_job, find_job, generation_events, score_job
 from rnnlm.utils.errors import CheckpointError, ConfigError, RnnlmError
-from rnnlm.utils.options import SAMPLE_OPTIONS, check_value
+from rnnlm.utils.options import check_value
 
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).with_name("page")
@@ -200,7 +200,7 @@ class Playground:
         options = Options({k: self.defaults.get(k) for k in keys}, unknown=self.defaults["unknown"] or "replace")
         options.update({k: data[k] for k in keys if k in data})
         for key in keys:
-            check_value(key, options[key], SAMPLE_OPTIONS)
+            check_value(key, options[key])
         return options
 
     def plan(self, data: dict[str, Any], tokenizer: Tokenizer) -> tuple[DecodePlan, Options]:

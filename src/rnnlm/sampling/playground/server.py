@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from rnnlm.models.loading import TRAIN_HINT, read_checkpoint
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.memory import keep_freed_memory
-from rnnlm.utils.options import SAMPLE_OPTIONS, check_numbers, existing_dir
+from rnnlm.utils.options import check_config, existing_dir
 
 if TYPE_CHECKING:  # the web stack is an optional extra: imported where it is used
     from starlette.applications import Starlette
@@ -126,7 +126,7 @@ def app_for(cfg: DictConfig, catalogue: Catalogue, on_ready: Callable[[], None] 
 def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Serve the playground until Ctrl-C (or SIGTERM)."""
     keep_freed_memory()
-    check_numbers(cfg, SAMPLE_OPTIONS)
+    check_config(cfg)
     try:
         import starlette  # noqa: F401
         import uvicorn
