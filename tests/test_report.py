@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,32 @@ def test_clear_error_without_runs(tmp_path: Path, make: str, capsys: pytest.Capt
 def test_curve_leaves_out_post_fit_evaluation(sweep: Path) -> None:
     assert load_curve([sweep / "1" / "csv" / "metrics.csv"]) == [(9, pytest.approx(3.1)), (19, pytest.approx(2.1))]
     assert load_curve([]) == []
+
+
+@pytest.mark.filterwarnings("ignore:Length of header")  # pandas, on the line with a field too many
+def test_curve_of_a_resumed_run_skips_unreadable_logs(tmp_path: Path) -> None:
+    """One CSV per start of the run, oldest first: a later one wins a step they share; an empty,
+    header-only, binary or missing file is skipped, as are blank, text and non-finite values,
+    and a field too many."""
+    logs = {"first": "step,val/bpc,train/loss\n0,3.0,\n5,2.8,1.1\n9,2.7,\n", "empty": "", "header": "step,val/bpc\n",
+            "binary": "\x00\xff\xfe", "second": "step,val/bpc\n9,2.6,junk\n14,abc\n15,inf\nx,1.0\n19,2.5\n"}
+    for name, text in logs.items():
+        (tmp_path / f"{name}.csv").write_bytes(text.encode("latin-1"))
+    paths = [tmp_path / f"{name}.csv" for name in [*logs, "missing"]]
+    assert load_curve(paths) == [(0, 3.0), (5, 2.8), (9, 2.6), (19, 2.5)]
+    assert load_curve(paths, "train/loss") == [(5, 1.1)]
+    assert load_curve(paths, "no/such/metric") == []
+
+
+@pytest.mark.parametrize("missing", ["pandas", "matplotlib"])
+def test_clear_error_without_the_sweep_extra(sweep: Path, missing: str) -> None:
+    """pandas and matplotlib come with `pip install 'rnnlm[sweep]'`: without either, one line says so."""
+    code = (f"import runpy, sys; sys.modules[{missing!r}] = None; sys.argv[1:] = [{str(sweep)!r}]; "
+            "runpy.run_module('rnnlm.report', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "error: the sweep report needs pandas and matplotlib: pip install 'rnnlm[sweep]'\n"
+    assert not (sweep / "report.md").exists()
 
 
 def test_parse_override() -> None:
