@@ -417,3 +417,19 @@ def test_the_command_lines_options_are_the_pages_defaults_resolved(trained):
         defaults = httpx.get(url + "api/checkpoints").json()["defaults"]
         assert (defaults["length"], defaults["temperature"], defaults["num_samples"]) == (3, 0.5, 3)
         assert generate(url, prompt="A")[-1]["tokens"] == 9  # 3 samples of 3 tokens
+
+
+def test_a_failure_of_ours_is_a_500_in_one_line_and_the_server_goes_on(playground, monkeypatch):
+    url, app = playground
+
+    def broken():
+        raise RuntimeError("the catalogue broke\nsecond line")
+
+    monkeypatch.setattr(app.catalogue, "entries", broken)
+    response = httpx.get(url + "api/checkpoints")
+    assert response.status_code == 500
+    assert response.json() == {"error": "the server failed on this request (RuntimeError: the catalogue broke)"}
+    monkeypatch.undo()
+    assert httpx.get(url + "api/checkpoints").status_code == 200
+    bad = httpx.post(url + "api/generate", json={"length": -1})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("length=-1 is not allowed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -245,3 +246,27 @@ def test_an_entry_cut_short_is_prepared_again_and_a_full_disk_is_one_error(corpu
     with pytest.raises(DiskError, match=r"disk full.*free disk space \(or pass data.cache_dir=<another disk>\)"):
         prepare(settings(corpus_dir, "word"), cache)
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [first.directory.name]  # nothing partial is left
+
+
+def test_a_prepare_waits_for_the_lock_another_process_holds(corpus_dir, tmp_path, caplog):
+    """The lock is an flock on ``<entry>.lock``: a process holding it (here a child) makes the
+    next prepare wait, then map what it finds or prepare the entry itself."""
+    import logging
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = prepare_module.cache_name(settings(corpus_dir), prepare_module.corpus_sources(str(corpus_dir), "*.txt"))
+    code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(1.5)")
+    with started([sys.executable, "-c", code, str(cache / f"{name}.lock")], tmp_path, stdout=subprocess.PIPE) as holder:
+        assert holder.stdout.readline().strip() == "held"
+        caplog.set_level(logging.INFO, logger="rnnlm.data.prepare")
+        prepared = prepare(settings(corpus_dir), cache)
+        assert not prepared.reused and prepared.ids.size > 0
+        assert "waiting for another process preparing" in caplog.text
+
+
+def test_a_cache_dir_that_cannot_be_made_is_one_line(corpus_dir, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(CorpusError, match=r"data.cache_dir=.*a-file/cache cannot be written \(Not a directory\); pass"):
+        prepare(settings(corpus_dir), tmp_path / "a-file" / "cache")

@@ -17,7 +17,6 @@ runs preparing the same corpus at once both end with the same files.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from rnnlm.data import corpus as _corpus
 from rnnlm.data import tokenizers as _tokenizers
@@ -122,17 +122,17 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
     final = root / cache_name(settings, sources)
     if _complete(final):
         return load(final)
+    lock = FileLock(root / f"{final.name}.lock")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = (root / f"{final.name}.lock").open("a")
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            log.info("corpus: waiting for another process preparing %s", final)
+            lock.acquire()
     except OSError as err:
         raise CorpusError(f"data.cache_dir={root} cannot be written ({err.strerror}); pass data.cache_dir=<a writable dir>") from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            log.info("corpus: waiting for another process preparing %s", final)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    try:  # one process prepares an entry; the others waited above and map what it wrote
         if _complete(final):  # prepared while this process waited
             return load(final)
         if final.exists():  # an entry that does not check out (a crash, a copy cut short): prepare anew
@@ -152,6 +152,8 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # gone after the rename, or ours to drop
         log.info("corpus: prepared %s in %.1f s", final, time.perf_counter() - started)
+    finally:
+        lock.release()
     prepared = load(final)
     prepared.reused = False
     return prepared

@@ -21,7 +21,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,26 +77,15 @@ def one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def error_response(err: Exception) -> JSONResponse:
-    if isinstance(err, Busy):
-        return JSONResponse({"error": one_line(err)}, status_code=503)
-    if isinstance(err, RnnlmError):
-        return JSONResponse({"error": one_line(err)}, status_code=400)
-    log.exception("request failed")
+async def refused(request: Request, err: Exception) -> JSONResponse:
+    """Bad input (400) or every generation slot taken (503): the error's one line."""
+    return JSONResponse({"error": one_line(err)}, status_code=503 if isinstance(err, Busy) else 400)
+
+
+async def failed(request: Request, err: Exception) -> JSONResponse:
+    """Our own failure (500), in one line; Starlette then re-raises it for the server's log."""
     return JSONResponse({"error": f"the server failed on this request ({type(err).__name__}: {one_line(err)})"},
                         status_code=500)
-
-
-def handles_errors(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Any error becomes a JSON ``{"error": one line}``: 400 for bad input, 503 busy, 500 ours."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except Exception as err:  # the server keeps serving whatever one request did
-            return error_response(err)
-
-    return wrapped
 
 
 async def read_json(request: Request, allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -368,13 +357,13 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callabl
     DNS-rebinding page names its own); None: any host (listening beyond this machine)."""
     playground = Playground(catalogue, defaults)
     routes = [
-        Route("/", handles_errors(playground.page)),
-        Route("/api/checkpoints", handles_errors(playground.checkpoints)),
-        Route("/api/model", handles_errors(playground.model_info), methods=["POST"]),
-        Route("/api/generate", handles_errors(playground.generate), methods=["POST"]),
-        Route("/api/score", handles_errors(playground.score), methods=["POST"]),
-        Route("/api/cells", handles_errors(playground.cells), methods=["POST"]),
-        Route("/api/find", handles_errors(playground.find), methods=["POST"]),
+        Route("/", playground.page),
+        Route("/api/checkpoints", playground.checkpoints),
+        Route("/api/model", playground.model_info, methods=["POST"]),
+        Route("/api/generate", playground.generate, methods=["POST"]),
+        Route("/api/score", playground.score, methods=["POST"]),
+        Route("/api/cells", playground.cells, methods=["POST"]),
+        Route("/api/find", playground.find, methods=["POST"]),
         Mount("/static", StaticFiles(directory=PAGE_DIR)),
     ]
 
@@ -386,6 +375,7 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callabl
         playground.close()
 
     hosts = ["*"] if host is None else sorted({host, f"[{host}]" if ":" in host else host, "127.0.0.1", "localhost", "[::1]"})
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={RnnlmError: refused, Exception: failed},
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.playground = playground
     return app
