@@ -86,6 +86,9 @@ class TrainThroughput(ThroughputMonitor):
     training steps in CSV and W&B logs (``tests/test_train.py`` checks none is logged). It still
     times validation, to leave it out of ``train/time``."""
 
+    # Lightning has no public switch per stage; validation must still be timed (its _update),
+    # only not logged. If Lightning renames _compute, validation rows appear in the logs and
+    # tests/test_train.py (test_averaged_weights_keep_the_fitted_logit_scale) fails.
     def _compute(self, trainer: pl.Trainer, iter_num: int | None = None) -> None:
         if trainer.state.stage == RunningStage.TRAINING:
             super()._compute(trainer, iter_num)
@@ -168,7 +171,7 @@ class EMAWeightAveraging(pl.callbacks.EMAWeightAveraging):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
-        if stage == "fit":
+        if stage == "fit":  # no public way to drop the average; tests/test_train.py fails if this stops working
             self._average_model = None
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from rnnlm.utils.files import TEMP_PREFIX, write_with
@@ -22,7 +21,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     filesystems that a full disk truncates). A failed write leaves the previous checkpoint
     as it was and raises one line (:class:`rnnlm.utils.files.DiskError`)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # object stores: fsspec's own transaction
             super().save_checkpoint(checkpoint, path, storage_options)
             return

@@ -19,8 +19,6 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import Logger, WandbLogger
-from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
-from pytorch_lightning.trainer.connectors.signal_connector import _get_sigkill_signal
 from pytorch_lightning.trainer.states import TrainerStatus
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -169,9 +167,9 @@ def until_interrupted(trainer: pl.Trainer, call: Callable[..., Any], *args: Any,
 def stop_launched_ranks(trainer: pl.Trainer) -> None:
     """Rank 0 ends with an error: end the ranks it launched (Lightning does so only after
     Ctrl-C), or they would die on the lost connection with a traceback of their own."""
-    launcher = trainer.strategy.launcher
-    if isinstance(launcher, _SubprocessScriptLauncher) and trainer.is_global_zero:
-        launcher.kill(_get_sigkill_signal())
+    launcher = trainer.strategy.launcher  # None without launched ranks; each launcher's kill() ends its own
+    if launcher is not None and trainer.is_global_zero:
+        launcher.kill(signal.SIGKILL)
 
 
 def interrupted(trainer: pl.Trainer, signum: signal.Signals) -> Interrupted:
