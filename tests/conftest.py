@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
 from rnnlm.data.corpus import shakespeare_plays
-from tests.processes import HERMETIC_ENV, hermetic_env
+from tests.processes import HERMETIC_ENV, ROOT, hermetic_env
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONF_DIR = str(ROOT / "conf")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +42,9 @@ def hermetic_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+# The one tiny run of the suite (a few seconds on 2 cores): a test adds what it is about. The
+# same list is the command-line form: ``run_script("train.py", *TINY, ...)`` reads it as
+# ``compose_config("train", TINY)`` does.
 TINY = [
     "model.hidden_size=48",
     "model.num_layers=1",
@@ -79,21 +82,29 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory, corpus_text: str) -> P
     return path
 
 
-def compose_train(overrides: list[str], output_dir: Path) -> DictConfig:
+def compose_config(name: str, overrides: Sequence[str] = (), output_dir: Path | None = None) -> DictConfig:
+    """``conf/<name>.yaml`` (``train`` or ``sample``) with ``overrides``, as the task gets it
+    from Hydra, outside a Hydra run: ``output_dir`` (if given) stands in for the run dir
+    Hydra would make (``paths.output_dir`` of a training run, ``output_dir`` of sampling)."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.root_dir = str(Path(CONF_DIR).parent)
-        del cfg["hydra"]  # resolved outside a Hydra run
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(name, overrides=list(overrides))
+    finally:
+        GlobalHydra.instance().clear()
+    if output_dir is not None:
+        with open_dict(cfg):
+            if name == "train":
+                cfg.paths.output_dir = str(output_dir)
+                cfg.paths.root_dir = str(ROOT)
+            else:
+                cfg.output_dir = str(output_dir)
     return cfg
 
 
 @pytest.fixture
 def cfg_train(tmp_path: Path, corpus_file: Path) -> DictConfig:
-    return compose_train([*TINY, f"data.path={corpus_file}"], tmp_path)
+    return compose_config("train", [*TINY, f"data.path={corpus_file}"], tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +113,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict
     from rnnlm.training.train import train
 
     out = tmp_path_factory.mktemp("run")
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=120", "trainer.val_check_interval=40"], out)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.max_steps=120", "trainer.val_check_interval=40"], out)
     metrics, objects = train(cfg)
     return {"metrics": metrics, "objects": objects, "dir": out}
 
@@ -114,11 +125,7 @@ def running_playground(root: Path, *overrides: str) -> Iterator[tuple[str, Any]]
     from rnnlm.sampling.playground.catalogue import Catalogue
     from rnnlm.sampling.playground.server import app_for, running_in_thread
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("sample", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    app = app_for(cfg, Catalogue(root))
+    app = app_for(compose_config("sample", overrides), Catalogue(root))
     with running_in_thread(app) as url:
         yield url, app.state.playground
 

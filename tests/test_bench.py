@@ -1,6 +1,9 @@
-"""``python -m benchmarks --tiny``: it runs, and its JSON holds every number, positive and finite.
+"""``python -m benchmarks --tiny``: it runs, its JSON holds every number, positive and finite,
+and the derived figures (rates, ratios, MFU, the peak) are what they say they are of the
+measured ones. The parts of the benchmark it is built from are checked on their own.
 
-No timing is asserted: the machine may be shared and the tiny numbers mean little.
+No timing is asserted: the machine may be shared and the tiny numbers mean little. The whole
+run takes half a minute: it is ``slow``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.common import PLANS
 from benchmarks.data import write_corpus
 from benchmarks.run import main
 from benchmarks.sampling import naive_generate
@@ -32,7 +36,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return json.loads(out.read_text(encoding="utf-8")), out.read_text(encoding="utf-8")
 
 
-def test_tiny_run_reports_every_number(tiny_run: tuple[dict, str], capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.slow
+def test_tiny_run_reports_every_number(tiny_run: tuple[dict, str]) -> None:
     result, _ = tiny_run
     for key in REQUIRED:
         value = result[key]
@@ -52,9 +57,34 @@ def test_tiny_run_reports_every_number(tiny_run: tuple[dict, str], capsys: pytes
     assert data["prepare_mb_per_s"] > 0 and data["setup_anon_growth_mb"] < 50  # a map, not a copy
 
 
+@pytest.mark.slow
+def test_derived_figures_agree_with_the_measured_ones(tiny_run: tuple[dict, str]) -> None:
+    """Each ratio and rate is computed from the figures beside it (rounded to 4 digits)."""
+    r, _ = tiny_run
+    close = {"rel": 3e-3}
+    plan = PLANS["tiny"]
+    tokens = plan.batch_size * plan.seq_len
+    assert r["tokens_per_step"] == tokens
+    assert r["train_flops_per_token"] == pytest.approx(  # forward and backward
+        3 * flops_per_token("lstm", r["vocab_size"], plan.hidden_size, plan.num_layers, plan.embedding_dim), **close)
+    assert r["train_tokens_per_s"] == pytest.approx(tokens / r["lightning_step_s"], **close)
+    assert r["reference_tokens_per_s"] == pytest.approx(tokens / r["reference_step_s"], **close)
+    assert r["reference_step_s_min"] <= r["reference_step_s"] <= r["reference_step_s_max"]
+    assert r["lightning_overhead"] == pytest.approx(r["train_tokens_per_s"] / r["reference_tokens_per_s"], **close)
+    assert r["train_gflops"] == pytest.approx(r["train_flops_per_token"] * r["train_tokens_per_s"] / 1e9, **close)
+    assert r["reference_gflops"] == pytest.approx(r["train_flops_per_token"] * r["reference_tokens_per_s"] / 1e9, **close)
+    assert r["peak_gflops"] == max(r["gemm_by_method"].values()) == r["gemm_by_method"][r["peak_method"]]
+    assert r["mfu"] == pytest.approx(r["train_gflops"] / r["peak_gflops"], **close)
+    assert r["reference_mfu"] == pytest.approx(r["reference_gflops"] / r["peak_gflops"], **close)
+    assert 0 < r["mfu"] < 1 and 0 < r["reference_mfu"] < 1  # no run beats the machine's own GEMM peak
+    assert r["malloc_tuning_speedup"] == pytest.approx(r["malloc_on_fresh_tokens_per_s"] / r["malloc_off_tokens_per_s"], **close)
+    assert r["data_setup_s"] == r["data_by_size"]["1mb"]["setup_s"] and r["sample_streams"] == plan.sample_streams
+
+
+@pytest.mark.slow
 def test_json_file_is_one_line(tiny_run: tuple[dict, str]) -> None:
-    _, raw = tiny_run
-    assert raw.count("\n") == 1 and raw.endswith("\n")
+    result, raw = tiny_run
+    assert raw.count("\n") == 1 and raw.endswith("\n") and json.loads(raw) == result
 
 
 def test_flops_per_token_counts_every_matmul() -> None:
@@ -73,17 +103,22 @@ def test_write_corpus_is_valid_utf8_of_about_the_size(tmp_path: Path) -> None:
     assert 9_900 <= path.stat().st_size <= 10_000 and text.endswith("\n")
 
 
-def test_naive_generate_returns_the_requested_steps() -> None:
+def test_naive_generate_samples_what_the_engine_samples() -> None:
+    """The benchmark's slow reference re-runs the prefix each step; the draws are the
+    engine's, which carries the state (same seed, T=1): the comparison is of speed only."""
+    from rnnlm.generation import DecodeSettings, generate
+
     torch.manual_seed(0)
     net = RNNLM(12, "lstm", 8, 1, 0.0, 4).eval()
-    ids = naive_generate(net, [1, 2, 3], 7)
-    assert len(ids) == 7 and all(0 <= i < 12 for i in ids)
+    for seed in (0, 1):
+        ids = naive_generate(net, [1, 2, 3], 30, seed=seed)
+        assert ids == generate(net, [1, 2, 3], 30, 1, DecodeSettings(temperature=1.0), seed=seed).tokens[0]
+    assert naive_generate(net, [1, 2, 3], 30, seed=0) != naive_generate(net, [1, 2, 3], 30, seed=1)
 
 
 def test_vocabulary_measurements_compare_outputs_and_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
     """``--vocab``: both output layers train on the same word batches; each tokenizer samples."""
     from benchmarks import vocabularies
-    from benchmarks.common import PLANS
 
     monkeypatch.setattr(vocabularies, "VOCAB_WORDS", 300)
     monkeypatch.setattr(vocabularies, "VOCAB_BPE", 300)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from rnnlm.training.train import train
 from rnnlm.utils.errors import ConfigError
 from rnnlm.utils.overrides import quote_argv, quote_text_overrides, quote_value
-from tests.conftest import TINY, compose_train
+from tests.conftest import TINY, compose_config
 from tests.processes import run_script
 
 # Text Hydra cannot take unquoted (or would change), without a sweep's comma, brackets or ${.
@@ -60,8 +60,8 @@ def chinese_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("zh")
     lines = ["ROMEO: 你好，循环往复。", "JULIET: 循环不已，你好吗？", "ROMEO: 好。"]
     (root / "zh.txt").write_text("\n".join(lines * 400), encoding="utf-8")
-    cfg = compose_train([*TINY, f"data.path={root / 'zh.txt'}", "trainer.max_steps=5", "test=false",
-                         "callbacks.sample_text=null", "model.stateful_eval_lanes=null"], root / "run")
+    cfg = compose_config("train", [*TINY, f"data.path={root / 'zh.txt'}", "trainer.max_steps=5", "test=false",
+                                   "callbacks.sample_text=null", "model.stateful_eval_lanes=null"], root / "run")
     return train(cfg)[1]["last_ckpt"]
 
 

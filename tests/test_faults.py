@@ -12,14 +12,13 @@ from rnnlm.data import CorpusDataModule
 from rnnlm.models import RNNLM, LanguageModel
 from rnnlm.training.train import train
 from rnnlm.utils.errors import ConfigError, RnnlmError
-from rnnlm.utils.rundir import check_writable
-from tests.conftest import TINY, compose_train
-from tests.processes import ROOT, started
+from tests.conftest import TINY, compose_config
+from tests.processes import ROOT, run_script, started
 
 
 def test_config_typo_names_the_key(tmp_path, corpus_file):
     with pytest.raises(ConfigCompositionException, match="hiden_size"):
-        compose_train(["model.hiden_size=3"], tmp_path)
+        compose_config("train", ["model.hiden_size=3"], tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -28,16 +27,19 @@ def test_config_typo_names_the_key(tmp_path, corpus_file):
      ("model.cell=transformer", r"model.cell='transformer' is not allowed: it must be one of lstm, gru, rnn")],
 )
 def test_wrong_values_name_the_allowed_ones(tmp_path, corpus_file, override, match):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", override], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", override], tmp_path)
     with pytest.raises(ConfigError, match=match):
         train(cfg)
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path):
+    """Refused in one line before the corpus is read (this one does not exist) or a model built."""
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(RnnlmError, match=r"output dir .*a_file/run is not writable .*hydra.run.dir="):
-        check_writable(blocker / "run")
+    cfg = compose_config("train", [*TINY, "data.path=/not/read/first"], blocker / "run")
+    with pytest.raises(RnnlmError, match=r"^output dir .*a_file/run is not writable \(Not a directory\); .*hydra.run.dir=") as info:
+        train(cfg)
+    assert "\n" not in str(info.value) and blocker.read_text() == "x" and list(tmp_path.iterdir()) == [blocker]
 
 
 def test_nan_loss_stops_and_keeps_the_good_checkpoint(tmp_path, corpus_file, monkeypatch):
@@ -48,7 +50,7 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(tmp_path, corpus_file, mon
         return loss * float("nan") if self.global_step >= 25 else loss
 
     monkeypatch.setattr(LanguageModel, "training_step", poisoned)
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.val_check_interval=10"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.val_check_interval=10"], tmp_path)
     with pytest.raises(RnnlmError, match=r"training loss became nan at step 26; stopped without saving these weights \(last good checkpoint: .*step000020"):
         train(cfg)
     for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
@@ -70,6 +72,7 @@ def test_huge_vocabulary_is_capped_and_one_hot_refused(tmp_path):
         RNNLM(vocab_size=dm.vocab_size, embedding_dim=None)
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_runs_started_together_get_their_own_dirs(tmp_path, corpus_file):
     args = [sys.executable, str(ROOT / "train.py"), "debug=fast", "trainer.max_steps=4", "test=false",
@@ -101,7 +104,7 @@ def test_train_ckpt_path_names_what_is_wrong_with_it(tmp_path, corpus_file, kind
     expected = {"missing": r"ckpt_path=.*nope.ckpt does not exist",
                 "directory": r"ckpt_path=.* is a directory, not a file",
                 "text file": r"plays.txt is not a readable checkpoint"}[kind]
-    cfg = compose_train([*TINY, "data.path=/not/read/first", f"ckpt_path={target}"], tmp_path / "run")
+    cfg = compose_config("train", [*TINY, "data.path=/not/read/first", f"ckpt_path={target}"], tmp_path / "run")
     with pytest.raises(RnnlmError, match=expected) as info:
         train(cfg)  # refused before the corpus is read
     assert "\n" not in str(info.value) and "ckpt_path=last, or resume_dir=" in str(info.value)
@@ -110,21 +113,20 @@ def test_train_ckpt_path_names_what_is_wrong_with_it(tmp_path, corpus_file, kind
 @pytest.mark.parametrize("option", ["text_file", "prompt_file"])
 def test_text_file_options_tell_a_directory_from_a_missing_file(tmp_path, trained, option):
     from rnnlm.sampling.sample import sample
-    from tests.test_sample import sample_cfg
 
     extra = ["mode=score"] if option == "text_file" else []
     ckpt = trained["objects"]["best_ckpt"]
     with pytest.raises(ConfigError, match=rf"{option}={tmp_path} is a directory, not a file; pass a UTF-8 text file"):
-        sample(sample_cfg(tmp_path, f"ckpt={ckpt}", f"{option}={tmp_path}", *extra))
+        sample(compose_config("sample", [f"ckpt={ckpt}", f"{option}={tmp_path}", *extra], tmp_path))
     with pytest.raises(ConfigError, match=rf"{option}=.*none.txt does not exist"):
-        sample(sample_cfg(tmp_path, f"ckpt={ckpt}", f"{option}={tmp_path / 'none.txt'}", *extra))
+        sample(compose_config("sample", [f"ckpt={ckpt}", f"{option}={tmp_path / 'none.txt'}", *extra], tmp_path))
 
 
 def test_resuming_with_another_architecture_names_the_settings(tmp_path, corpus_file):
     base = [*TINY, f"data.path={corpus_file}", "trainer.max_steps=10", "trainer.val_check_interval=10", "test=false",
             "callbacks.sample_text=null"]
-    train(compose_train(base, tmp_path))
-    cfg = compose_train([*base, "ckpt_path=last", "model.hidden_size=32", "model.cell=gru"], tmp_path)
+    train(compose_config("train", base, tmp_path))
+    cfg = compose_config("train", [*base, "ckpt_path=last", "model.hidden_size=32", "model.cell=gru"], tmp_path)
     with pytest.raises(RnnlmError, match=r"cannot resume from .*: the config asks for model.cell='gru' \(the checkpoint "
                                          r"has 'lstm'\); model.hidden_size=32 \(the checkpoint has 48\); resume with"):
         train(cfg)
@@ -150,7 +152,7 @@ def test_unknown_tokens_of_the_evaluation_splits_are_counted(tmp_path, corpus_te
 
 
 def test_a_setting_a_component_refuses_is_one_line(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=bogus"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.precision=bogus"], tmp_path)
     with pytest.raises(ConfigError, match=r"pytorch_lightning.Trainer refused the trainer settings: Precision 'bogus' is invalid") as info:
         train(cfg)
     assert "\n" not in str(info.value)
@@ -212,3 +214,34 @@ def test_ctrl_c_during_a_checkpoint_write_takes_effect_once_it_is_written(tmp_pa
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_resuming_a_bpe_run_on_other_merges_is_refused(tmp_path):
+    """A BPE state has no vocabulary list: its merges (the tokenizers JSON) decide what an id means."""
+    from rnnlm.training.resume import check_architecture
+
+    ours = {"kind": "bpe", "model_json": '{"merges": ["a b"]}', "start": "\n\n"}
+    saved = {"hyper_parameters": {"vocab_size": 300, "tokenizer": ours}}
+    check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 300, "tokenizer": dict(ours)})
+    with pytest.raises(RnnlmError, match=r"another vocabulary of the same size \(other BPE merges"):
+        check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 300, "tokenizer": {**ours, "model_json": "{}"}})
+
+
+@pytest.mark.slow
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, corpus_file):
+    """Hydra writes a resumed run's config to .hydra-pending/ until every check has passed."""
+    run_dir = tmp_path / "run"
+    base = [*(o for o in TINY if not o.startswith("trainer.max_steps")), f"data.path={corpus_file}",
+            "callbacks.sample_text=null", "test=false"]
+    first = run_script("train.py", *base, "trainer.max_steps=10", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    refused = run_script("train.py", *(o for o in base if "hidden_size" not in o), "model.hidden_size=32",
+                         "trainer.max_steps=10", f"resume_dir={run_dir}", cwd=tmp_path)
+    assert refused.returncode == 2 and "the checkpoint has 48" in refused.stderr.strip().splitlines()[-1]
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == before
+    assert not (run_dir / ".hydra-pending").exists()
+    resumed = run_script("train.py", *base, "trainer.max_steps=15", f"resume_dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "trainer.max_steps=15" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    assert not (run_dir / ".hydra-pending").exists()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rnnlm.sampling.sample import sample
 from rnnlm.training.train import train
 from rnnlm.utils.errors import ConfigError
 from rnnlm.utils.options import OPTIONS, Choice, Number, check_config, leaves, rule_for
-from tests.conftest import CONF_DIR, TINY, compose_train
+from tests.conftest import TINY, compose_config
 from tests.processes import run_script
 
 # Config group choices whose options differ from the defaults'.
@@ -22,25 +20,17 @@ TRAIN_VARIANTS = [[], ["model=gru"], ["callbacks=ema"], ["experiment=tinyshakesp
 BAD_VALUES = [math.nan, math.inf, -math.inf, 0, -1, 0.5, 10**12]
 
 
-def composed(name: str, overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(name, overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
-
-
 def numeric_options(name: str, variants: list[list[str]]) -> dict[str, object]:
     """Every option of the composed configs whose value is a number (bools are not)."""
     found = {}
     for overrides in variants:
-        for key, value in leaves(composed(name, overrides)):
+        for key, value in leaves(compose_config(name, overrides)):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 found.setdefault(key, value)
     return found
 
 
-DEFAULTS = {"train": composed("train", []), "sample": composed("sample", [])}
+DEFAULTS = {"train": compose_config("train", []), "sample": compose_config("sample", [])}
 TRAIN_NUMBERS = numeric_options("train", TRAIN_VARIANTS)
 SAMPLE_NUMBERS = numeric_options("sample", [[]])
 
@@ -130,17 +120,18 @@ def test_registries_offer_what_the_rules_allow():
 
 
 def test_train_checks_numbers_before_reading_the_corpus(tmp_path):
-    cfg = compose_train([*TINY, "data.path=/nonexistent/corpus.txt", "model.optimizer.lr=nan"], tmp_path)
+    cfg = compose_config("train", [*TINY, "data.path=/nonexistent/corpus.txt", "model.optimizer.lr=nan"], tmp_path)
     with pytest.raises(ConfigError, match=r"model.optimizer.lr=nan is not allowed: it must be a finite number > 0"):
         train(cfg)
 
 
 def test_sample_checks_numbers_before_loading(tmp_path):
-    cfg = composed("sample", ["ckpt=/nonexistent.ckpt", "top_p=inf"])
+    cfg = compose_config("sample", ["ckpt=/nonexistent.ckpt", "top_p=inf"])
     with pytest.raises(ConfigError, match=r"top_p=inf is not allowed"):
         sample(cfg)
 
 
+@pytest.mark.slow
 def test_the_command_line_prints_one_error_line(tmp_path):
     result = run_script("train.py", "trainer.val_check_interval=0", "data.path=/nonexistent", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]

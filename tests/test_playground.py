@@ -17,9 +17,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 from rnnlm.generation.decoding import DecodeSettings
 from rnnlm.generation.decoding import generate as generate_tokens
@@ -31,20 +28,10 @@ from rnnlm.sampling.playground.analysis import layer_states, rank_units, token_p
 from rnnlm.sampling.playground.app import MAX_GENERATIONS, MAX_LENGTH, MAX_TEXT_CHARS
 from rnnlm.sampling.playground.server import bind, serve
 from rnnlm.utils.errors import CheckpointError, ConfigError
-from tests.conftest import CONF_DIR, running_playground
+from tests.conftest import compose_config, running_playground
 from tests.processes import ROOT, run_script, started
 
 TEXT = "ROMEO:\nWhat light through yonder window breaks?\n\nJULIET:\nAy me!\n"
-
-
-def sample_config(tmp_path: Path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("sample", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-    return cfg
 
 
 def events_of(response: httpx.Response) -> list[dict]:
@@ -226,7 +213,7 @@ def test_the_page_and_the_command_line_refuse_a_value_with_the_same_line(playgro
     from rnnlm.sampling.sample import sample
 
     with pytest.raises(ConfigError) as on_the_command_line:
-        sample(sample_config(tmp_path, f"{key}={value}", "ckpt=/nonexistent.ckpt"))
+        sample(compose_config("sample", [f"{key}={value}", "ckpt=/nonexistent.ckpt"], tmp_path))
     response = httpx.post(playground[0] + "api/generate", json={"strategy": "beam", "length": 5, key: value})
     assert response.status_code == 400
     assert response.json()["error"] == str(on_the_command_line.value)
@@ -409,7 +396,7 @@ def test_serve_refuses_a_busy_port_from_the_command_line(tmp_path, trained):
 def test_serve_refuses_bad_settings_before_listening(tmp_path, overrides, error, match):
     (tmp_path / "empty").mkdir()
     with pytest.raises(error, match=match):
-        serve(sample_config(tmp_path, "mode=serve", "port=0", *overrides))
+        serve(compose_config("sample", ["mode=serve", "port=0", *overrides], tmp_path))
 
 
 def test_the_command_lines_options_are_the_pages_defaults_resolved(trained):

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from rnnlm.training.train import train
-from tests.conftest import TINY, compose_train
+from tests.conftest import TINY, compose_config
 from tests.processes import ROOT, run_script, started
 
 KILL_RUN_STEPS = 3000
@@ -19,7 +19,7 @@ RESUME = [*TINY, "test=false", "callbacks.sample_text=null", "trainer.val_check_
 
 
 def run(tmp_path, corpus_file, name, *extra):
-    cfg = compose_train([*RESUME, f"data.path={corpus_file}", *extra], tmp_path / name)
+    cfg = compose_config("train", [*RESUME, f"data.path={corpus_file}", *extra], tmp_path / name)
     return train(cfg)
 
 
@@ -48,6 +48,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
     assert resumed["val/loss"] == pytest.approx(full["val/loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig):
@@ -57,7 +58,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, corpus_file, sig)
     even when the suite runs as a background job, which inherits SIGINT ignored."""
     out = tmp_path / "run"
     # Enough steps that the signal lands mid-run, few enough that a child that ignored it ends on its own.
-    args = [*(o for o in RESUME if not o.startswith("+")), "+trainer.limit_test_batches=4", f"data.path={corpus_file}",
+    args = [*RESUME, f"data.path={corpus_file}",
             f"trainer.max_steps={KILL_RUN_STEPS}", "trainer.val_check_interval=1000", "logger=csv", f"hydra.run.dir={out}"]
     log = tmp_path / "output.log"  # a file, not a pipe: an unread pipe that fills would stall the child's writes
     with log.open("w") as sink, started([sys.executable, str(ROOT / "train.py"), *args], tmp_path,

@@ -18,9 +18,11 @@ from rnnlm.training.resume import resolve_ckpt_path
 from rnnlm.utils.errors import CheckpointError, ConfigError, RnnlmError
 from rnnlm.utils.files import DiskError
 from rnnlm.utils.rundir import LOCK_NAME, check_resume_dir, lock, unlock
+from tests.conftest import TINY
 from tests.mounts import tmpfs
 from tests.processes import ROOT, run_script, started
-from tests.test_writes import TINY_CLI
+
+QUIET = ["test=false", "callbacks.sample_text=null"]  # nothing after fitting, no samples
 
 
 def test_a_dir_has_one_owner_and_a_killed_owner_leaves_no_stale_lock(tmp_path):
@@ -43,16 +45,17 @@ def test_a_dir_has_one_owner_and_a_killed_owner_leaves_no_stale_lock(tmp_path):
     assert (tmp_path / LOCK_NAME).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_a_second_run_into_a_busy_run_dir_refuses_and_writes_nothing(tmp_path, corpus_file):
     run_dir = tmp_path / "run"
-    args = [sys.executable, str(ROOT / "train.py"), *TINY_CLI, f"data.path={corpus_file}", "trainer.max_steps=400",
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, *QUIET, f"data.path={corpus_file}", "trainer.max_steps=400",
             "trainer.val_check_interval=400", f"hydra.run.dir={run_dir}"]
     with started(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as first:
         deadline = time.monotonic() + 120
         while not (run_dir / ".hydra" / "overrides.yaml").is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
-        second = run_script("train.py", *TINY_CLI, f"data.path={corpus_file}", "seed=7", f"hydra.run.dir={run_dir}",
+        second = run_script("train.py", *TINY, *QUIET, f"data.path={corpus_file}", "seed=7", f"hydra.run.dir={run_dir}",
                             cwd=tmp_path)
         assert second.returncode == 2, second.stderr[-2000:]
         assert second.stderr.strip().splitlines()[-1].startswith(f"error: run dir {run_dir} is in use by another run (pid {first.pid}")
@@ -63,6 +66,7 @@ def test_a_second_run_into_a_busy_run_dir_refuses_and_writes_nothing(tmp_path, c
     assert "seed=7" not in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 @pytest.mark.parametrize("script", ["train.py", "sample.py"])
 def test_a_read_only_output_dir_fails_before_anything_runs(tmp_path, script):
@@ -94,6 +98,7 @@ def test_resume_dir_must_be_a_run_dir_with_a_checkpoint_that_loads(tmp_path):
     assert resolve_ckpt_path("last", tmp_path, resuming=True)[0].name == "last-step000005.ckpt"
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_resume_dir_that_does_not_exist_is_refused_before_it_is_created(tmp_path):
     result = run_script("train.py", f"resume_dir={tmp_path / 'nope'}", cwd=tmp_path)
@@ -102,10 +107,11 @@ def test_resume_dir_that_does_not_exist_is_refused_before_it_is_created(tmp_path
     assert not (tmp_path / "nope").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_a_sweep_job_with_bad_input_fails_in_one_line_and_the_others_run(tmp_path, corpus_file):
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", *TINY_CLI, f"data.path={corpus_file}", "trainer.max_steps=4",
+    result = run_script("train.py", "-m", *TINY, *QUIET, f"data.path={corpus_file}", "trainer.max_steps=4",
                         "trainer.val_check_interval=4", "model.num_layers=1,0", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -149,10 +155,11 @@ def test_a_disk_too_full_for_the_first_files_is_refused_before_hydra_writes(tmp_
         assert info.value.exit_code == 1  # not bad input: a sweep stops rather than records it
 
 
+@pytest.mark.slow
 @pytest.mark.faults
 def test_an_optuna_trial_with_bad_input_is_marked_failed_and_the_study_goes_on(tmp_path, corpus_file):
     sweep = tmp_path / "optuna"
-    result = run_script("train.py", *TINY_CLI, f"data.path={corpus_file}", "hparams_search=optuna",
+    result = run_script("train.py", *TINY, *QUIET, f"data.path={corpus_file}", "hparams_search=optuna",
                         "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2", "data.batch_size=0",
                         f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]

@@ -4,30 +4,19 @@ import subprocess
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
 
 from rnnlm.generation import score_ids
+from rnnlm.generation.prompt import encode_prompt
 from rnnlm.models.loading import load_model
 from rnnlm.sampling.sample import sample
 from rnnlm.utils.errors import CheckpointError, ConfigError
-from tests.conftest import CONF_DIR
+from tests.conftest import compose_config
 from tests.processes import run_script
-
-
-def sample_cfg(tmp_path, *overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("sample", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.output_dir = str(tmp_path)
-    return cfg
 
 
 def test_generate_writes_samples_and_statistics(tmp_path, trained):
     ckpt = trained["objects"]["best_ckpt"]
-    cfg = sample_cfg(tmp_path, f"ckpt={ckpt}", "length=80", "num_samples=3", "prompt=ROMEO:", "stream=false")
+    cfg = compose_config("sample", [f"ckpt={ckpt}", "length=80", "num_samples=3", "prompt=ROMEO:", "stream=false"], tmp_path)
     metrics, objects = sample(cfg)
     record = json.loads((tmp_path / "result.json").read_text())
     assert len(record["samples"]) == 3
@@ -40,25 +29,40 @@ def test_generate_writes_samples_and_statistics(tmp_path, trained):
 
 def test_greedy_cycles_more_than_hot_sampling(tmp_path, trained):
     ckpt = trained["objects"]["best_ckpt"]
-    greedy, _ = sample(sample_cfg(tmp_path / "g", f"ckpt={ckpt}", "length=300", "strategy=greedy", "stream=false"))
-    hot, _ = sample(sample_cfg(tmp_path / "h", f"ckpt={ckpt}", "length=300", "temperature=1.5", "stream=false"))
+    greedy, _ = sample(compose_config("sample", [f"ckpt={ckpt}", "length=300", "strategy=greedy", "stream=false"], tmp_path / "g"))
+    hot, _ = sample(compose_config("sample", [f"ckpt={ckpt}", "length=300", "temperature=1.5", "stream=false"], tmp_path / "h"))
     assert greedy["sample/repetition_4"] > hot["sample/repetition_4"]
     assert greedy["sample/nll_per_token"] < hot["sample/nll_per_token"]
 
 
 def test_beam_returns_ranked_beams(tmp_path, trained):
+    """Each beam's score is the log-probability the model gives its continuation of the
+    prompt (length_penalty=0), and the beams come best first by that."""
     ckpt = trained["objects"]["best_ckpt"]
-    sample(sample_cfg(tmp_path, f"ckpt={ckpt}", "length=30", "strategy=beam", "beam_width=4", "num_samples=2"))
+    sample(compose_config("sample", [f"ckpt={ckpt}", "prompt=ROMEO:", "length=30", "strategy=beam", "beam_width=4",
+                                     "num_samples=2"], tmp_path))
     record = json.loads((tmp_path / "result.json").read_text())
-    scores = [s["score"] for s in record["samples"]]
-    assert len(scores) == 2 and scores[0] >= scores[1]
+    loaded = load_model(ckpt, "cpu")
+    prompt = encode_prompt(loaded.tokenizer, "ROMEO:")
+    log_probs = []
+    for s in record["samples"]:
+        assert s["text"].startswith("ROMEO:") and s["new_tokens"] == 30
+        ids = torch.tensor([*prompt, *loaded.tokenizer.encode(s["text"][len("ROMEO:"):]).tolist()])
+        with torch.no_grad():
+            logits, _ = loaded.net.eval()(ids[None])
+        per_token = logits[0, :-1].float().log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+        log_probs.append(float(per_token[len(prompt) - 1 :].sum()))  # the 30 new tokens
+        assert s["score"] == pytest.approx(log_probs[-1], abs=1e-3)
+        assert s["nll_per_token"] == pytest.approx(-log_probs[-1] / 30, abs=1e-4)
+    assert len(log_probs) == 2 and record["samples"][0]["text"] != record["samples"][1]["text"]
+    assert log_probs[0] >= log_probs[1]
 
 
 def test_score_mode_equals_direct_loss(tmp_path, trained, corpus_text):
     ckpt = trained["objects"]["best_ckpt"]
     text = corpus_text[-3000:]
     (tmp_path / "t.txt").write_text(text)
-    metrics, _ = sample(sample_cfg(tmp_path, f"ckpt={ckpt}", "mode=score", f"text_file={tmp_path / 't.txt'}"))
+    metrics, _ = sample(compose_config("sample", [f"ckpt={ckpt}", "mode=score", f"text_file={tmp_path / 't.txt'}"], tmp_path))
     loaded = load_model(ckpt, "cpu")
     direct = score_ids(loaded.net, torch.from_numpy(loaded.tokenizer.encode(text).astype("int64")))
     assert metrics["score/loss"] == pytest.approx(direct["loss"], abs=1e-6)
@@ -67,9 +71,10 @@ def test_score_mode_equals_direct_loss(tmp_path, trained, corpus_text):
 
 def test_length_zero_and_bounded_memory(tmp_path, trained):
     ckpt = trained["objects"]["best_ckpt"]
-    metrics, objects = sample(sample_cfg(tmp_path / "z", f"ckpt={ckpt}", "length=0", "stream=false"))
+    metrics, objects = sample(compose_config("sample", [f"ckpt={ckpt}", "length=0", "stream=false"], tmp_path / "z"))
     assert objects["record"]["samples"][0]["new_tokens"] == 0
-    _, objects = sample(sample_cfg(tmp_path / "k", f"ckpt={ckpt}", "length=3000", "keep_tokens=100", "stream=false", "prompt=''"))
+    _, objects = sample(compose_config("sample", [f"ckpt={ckpt}", "length=3000", "keep_tokens=100", "stream=false", "prompt=''"],
+                                       tmp_path / "k"))
     assert objects["record"]["samples"][0]["new_tokens"] == 100  # kept in memory
     assert len((tmp_path / "k" / "sample_0.txt").read_text()) == 3000  # streamed to the file
 
@@ -92,7 +97,7 @@ def test_length_zero_and_bounded_memory(tmp_path, trained):
 def test_bad_sampling_input(tmp_path, trained, overrides, error, match):
     ckpt = trained["objects"]["best_ckpt"]
     with pytest.raises(error, match=match):
-        sample(sample_cfg(tmp_path, f"ckpt={ckpt}", *overrides))
+        sample(compose_config("sample", [f"ckpt={ckpt}", *overrides], tmp_path))
 
 
 def test_bad_checkpoint_files(tmp_path, trained):
@@ -158,7 +163,7 @@ def test_megabyte_prompt_is_primed_in_chunks(tmp_path, trained, corpus_text):
     ckpt = trained["objects"]["best_ckpt"]
     prompt = (corpus_text * (1_000_000 // len(corpus_text) + 1))[:1_000_000]
     (tmp_path / "prompt.txt").write_text(prompt)
-    _, objects = sample(sample_cfg(tmp_path, f"ckpt={ckpt}", f"prompt_file={tmp_path / 'prompt.txt'}", "length=20",
-                                   "stream=false", "unknown=replace"))
+    _, objects = sample(compose_config("sample", [f"ckpt={ckpt}", f"prompt_file={tmp_path / 'prompt.txt'}", "length=20",
+                                                  "stream=false", "unknown=replace"], tmp_path))
     sample_out = objects["record"]["samples"][0]
     assert sample_out["new_tokens"] == 20 and len(sample_out["text"]) == 1_000_020

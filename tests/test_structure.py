@@ -9,6 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rnnlm"
 # Bottom to top. training and sampling are the two tasks: neither imports the other.
 LAYERS = ["utils", "data", "fastpaths", "models", "generation", {"training", "sampling"}, "report"]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in ([layer] if isinstance(layer, str) else layer)}
+RANK["rnnlm"] = len(LAYERS)  # the package's __init__: the config resolvers, above every layer
 
 
 def part(module: str) -> str:
@@ -36,7 +37,7 @@ def import_edges() -> set[tuple[str, str]]:
 
 def test_every_part_of_the_package_has_a_layer():
     parts = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()} - {"__init__"}
-    assert parts == set(RANK), "place each new part of src/rnnlm in LAYERS"
+    assert parts == set(RANK) - {"rnnlm"}, "place each new part of src/rnnlm in LAYERS"
 
 
 def test_layers_import_only_the_layers_below_them():

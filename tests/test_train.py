@@ -1,4 +1,5 @@
 import csv
+import inspect
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ from rnnlm.models.loading import load_model
 from rnnlm.training import precision as runtime
 from rnnlm.training.train import resolve_precision, train
 from rnnlm.utils.errors import ConfigError
-from tests.conftest import CONF_DIR, TINY, compose_train
+from tests.conftest import CONF_DIR, TINY, compose_config
 from tests.processes import run_script as run_cli
 
 
@@ -40,9 +41,30 @@ def test_learning_rate_decays_to_the_last_step(trained):
 
 
 def test_default_run_is_budgeted_in_steps(tmp_path):
-    cfg = compose_train([], tmp_path)
-    assert cfg.trainer.max_steps > 0 and cfg.model.scheduler.total_steps == cfg.trainer.max_steps
-    assert cfg.trainer.precision == "auto"
+    """The default run ends after the Trainer's max_steps however fast the machine is (no
+    epoch count ends it) with the learning rate at its floor at exactly that step, also
+    when the budget is changed on the command line; its precision is this CPU's best."""
+    from hydra.utils import instantiate
+
+    for budget in ([], ["trainer.max_steps=700"]):
+        cfg = compose_config("train", ["trainer.accelerator=cpu", *budget], tmp_path)
+        resolve_precision(cfg)
+        assert cfg.trainer.precision == runtime.auto_precision("cpu", "lstm")[0]
+        trainer = instantiate(cfg.trainer, logger=False)
+        steps = trainer.max_steps
+        assert steps == 700 if budget else steps > 0
+        assert trainer.fit_loop.max_epochs == -1
+        # The schedule as the model builds it: one scheduler step per optimiser step.
+        peak = cfg.model.optimizer.lr
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+        scheduler = instantiate(cfg.model.scheduler)(optimizer=optimizer)
+        lrs = []
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()
+            lrs.append(optimizer.param_groups[0]["lr"])
+        assert lrs[-1] == pytest.approx(peak * cfg.model.scheduler.min_ratio, rel=1e-6)
+        assert lrs[-2] > lrs[-1] and lrs[steps // 2] > 2 * lrs[-1]  # still decaying until the last step
 
 
 @pytest.mark.parametrize("cell, native, expected", [("lstm", True, "bf16-mixed"), ("lstm", False, "32-true"),
@@ -50,14 +72,14 @@ def test_default_run_is_budgeted_in_steps(tmp_path):
 def test_auto_precision_is_bf16_only_where_it_is_faster(tmp_path, monkeypatch, cell, native, expected):
     """bf16 needs native CPU support to pay, and pays on the CPU for the LSTM only."""
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
-    cfg = compose_train(["trainer.precision=auto", "trainer.accelerator=cpu", f"model.cell={cell}"], tmp_path)
+    cfg = compose_config("train", ["trainer.precision=auto", "trainer.accelerator=cpu", f"model.cell={cell}"], tmp_path)
     resolve_precision(cfg)
     assert cfg.trainer.precision == expected
 
 
 def test_auto_precision_is_what_the_run_uses_and_records(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.precision=auto", "trainer.max_steps=4",
-                         "trainer.val_check_interval=4", "test=false", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.precision=auto", "trainer.max_steps=4",
+                                   "trainer.val_check_interval=4", "test=false", "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
     expected = runtime.auto_precision("cpu", "lstm")[0]
     assert objects["trainer"].precision == expected
@@ -66,10 +88,10 @@ def test_auto_precision_is_what_the_run_uses_and_records(tmp_path, corpus_file):
 
 def test_bf16_lstm_is_refused_on_a_cpu_without_native_bf16(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
-    cfg = compose_train(["trainer.precision=bf16-mixed", "trainer.accelerator=cpu"], tmp_path)
+    cfg = compose_config("train", ["trainer.precision=bf16-mixed", "trainer.accelerator=cpu"], tmp_path)
     with pytest.raises(ConfigError, match="needs a CPU with native bf16.*trainer.precision=auto"):
         resolve_precision(cfg)
-    cfg = compose_train(["trainer.precision=bf16-mixed", "trainer.accelerator=cpu", "model.cell=gru"], tmp_path)
+    cfg = compose_config("train", ["trainer.precision=bf16-mixed", "trainer.accelerator=cpu", "model.cell=gru"], tmp_path)
     resolve_precision(cfg)  # nn.GRU runs under bf16 autocast anywhere, if slowly
     assert cfg.trainer.precision == "bf16-mixed"
 
@@ -106,8 +128,8 @@ def test_run_dir_holds_checkpoints_samples_and_logs(trained):
 def test_same_seed_same_losses(tmp_path, corpus_file):
     runs = []
     for name in ("a", "b"):
-        cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=10", "trainer.val_check_interval=10",
-                             "test=false", "callbacks.sample_text=null"], tmp_path / name)
+        cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.max_steps=10", "trainer.val_check_interval=10",
+                                       "test=false", "callbacks.sample_text=null"], tmp_path / name)
         runs.append(train(cfg)[0])
     assert runs[0]["train/loss"] == runs[1]["train/loss"]
     assert runs[0]["val/loss"] == runs[1]["val/loss"]
@@ -121,17 +143,43 @@ def config_choices() -> list[tuple[str, str]]:
     ]
 
 
+class ReachedFit(Exception):
+    """Raised by a stand-in for ``Trainer.fit``: everything a run needs was built."""
+
+
 @pytest.mark.parametrize("group, option", config_choices())
-def test_every_config_composes(tmp_path, group, option, corpus_file):
-    overrides = [f"{group}={option}", f"data.path={corpus_file}"]
-    cfg = compose_train(overrides, tmp_path)
-    assert cfg.model._target_ and cfg.trainer._target_ and cfg.data._target_
+def test_every_config_option_starts_a_run(tmp_path, monkeypatch, group, option, corpus_file):
+    """Each option of each group composes into a run whose checks pass and whose data,
+    model, callbacks, loggers and Trainer are built and handed to ``Trainer.fit``."""
+    import pytorch_lightning as pl
+
+    def fit(trainer, model, datamodule=None, ckpt_path=None):
+        raise ReachedFit(trainer, model, datamodule)
+
+    monkeypatch.setattr(pl.Trainer, "fit", fit)
+    logger = [] if group == "logger" else ["logger=csv"]  # not the default W&B for every option
+    cfg = compose_config("train", [*logger, f"{group}={option}", f"data.path={corpus_file}"], tmp_path)
+    if (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="pytorch_lightning.Trainer refused the trainer settings"):
+            train(cfg)
+        return
+    try:
+        with pytest.raises(ReachedFit) as reached:
+            train(cfg)
+    finally:
+        if option == "wandb":  # its offline run, and the wandb-core process it started, end here
+            import wandb
+
+            wandb.finish()
+            wandb.teardown()
+    trainer, model, datamodule = reached.value.args
+    assert model.net.vocab_size == datamodule.vocab_size == len(datamodule.tokenizer.vocab)
+    assert trainer.max_steps == cfg.trainer.max_steps and model.hparams.cell == cfg.model.cell
 
 
 @pytest.mark.slow
 def test_train_cli_smoke(tmp_path, corpus_file):
-    overrides = [o for o in TINY if not o.startswith("+")] + ["+trainer.limit_test_batches=4"]
-    result = run_cli("train.py", *overrides, f"data.path={corpus_file}", "logger=wandb", f"hydra.run.dir={tmp_path}/run",
+    result = run_cli("train.py", *TINY, f"data.path={corpus_file}", "logger=wandb", f"hydra.run.dir={tmp_path}/run",
                      "trainer.max_steps=20", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -149,22 +197,36 @@ def test_train_cli_bad_corpus_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_stateful_evaluation_is_logged_next_to_per_window(trained):
-    metrics = trained["metrics"]
+def read_in_order(net: torch.nn.Module, tokens: torch.Tensor) -> float:
+    """Mean NLL of every token of ``tokens`` after the first, predicted from everything
+    before it: one forward pass over the whole split, the state carried throughout."""
+    ids = tokens.long()
+    with torch.no_grad():
+        logits, _ = net.eval()(ids[None])
+    return float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[1:]))
+
+
+def test_stateful_evaluation_is_logged_next_to_per_window(tmp_path, corpus_file, trained):
+    """loss_stateful: the split read in order from its first token to its last, with the state
+    carried, by the weights the per-window figures are of (the best checkpoint). One lane
+    reads it exactly so; the default lanes read parts of it side by side, close to that."""
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "model.stateful_eval_lanes=1",
+                                   "callbacks.sample_text=null"], tmp_path)
+    metrics, objects = train(cfg)
     for split in ("val", "test"):
-        # The same weights (the best checkpoint) reading the split in order, scored directly.
-        tokens = trained["objects"]["datamodule"].tokens[split]
-        lanes = min(trained["objects"]["cfg"].model.stateful_eval_lanes, (len(tokens) - 1) // 2)
-        nll_sum, _, count, _ = score_totals(trained["objects"]["model"].net, tokens, lanes, chunk=256)
-        assert metrics[f"{split}/loss_stateful"] == pytest.approx(nll_sum / count, rel=1e-4)
-        assert metrics[f"{split}/bpc_stateful"] == pytest.approx(metrics[f"{split}/loss_stateful"] / math.log(2), rel=1e-5)
+        loss = read_in_order(objects["model"].net, objects["datamodule"].tokens[split])
+        assert metrics[f"{split}/loss_stateful"] == pytest.approx(loss, rel=1e-5)
+        assert metrics[f"{split}/bpc_stateful"] == pytest.approx(loss / math.log(2), rel=1e-5)  # a token is a char
+        assert math.isfinite(metrics[f"{split}/loss"])  # per window, each from a zero state: logged beside it
+        default = read_in_order(trained["objects"]["model"].net, trained["objects"]["datamodule"].tokens[split])
+        assert trained["metrics"][f"{split}/loss_stateful"] == pytest.approx(default, rel=0.01)
 
 
 def test_stateful_evaluation_scores_the_averaged_weights(tmp_path, corpus_file):
     # decay=1 keeps the average at the weights after the first step, far behind the trained ones:
     # validation, the test after fitting and the checkpoint must all hold that average.
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.optimizer.lr=0.01", "test=true",
-                         "callbacks=ema", "callbacks.sample_text=null", "callbacks.ema.decay=1.0"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "model.optimizer.lr=0.01", "test=true",
+                                   "callbacks=ema", "callbacks.sample_text=null", "callbacks.ema.decay=1.0"], tmp_path)
     metrics, objects = train(cfg)
     assert metrics["train/loss"] < metrics["val/loss"] - 0.5, metrics
     assert metrics["val/loss_stateful"] == pytest.approx(metrics["val/loss"], abs=0.1)
@@ -176,9 +238,9 @@ def test_stateful_evaluation_scores_the_averaged_weights(tmp_path, corpus_file):
 def test_averaged_weights_keep_the_fitted_logit_scale(tmp_path, corpus_file):
     # The EMA averages buffers too; a checkpoint taken 5 steps after a validation must still
     # hold the scale that validation fitted.
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
-                         "callbacks=ema", "callbacks.ema.decay=0.9", "callbacks.sample_text=null",
-                         "callbacks.periodic_checkpoint.every_n_train_steps=25"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
+                                   "callbacks=ema", "callbacks.ema.decay=0.9", "callbacks.sample_text=null",
+                                   "callbacks.periodic_checkpoint.every_n_train_steps=25"], tmp_path)
     _, objects = train(cfg)
     order = [type(c).__name__ for c in objects["trainer"].callbacks]
     assert order.index("Calibrate") == order.index("EMAWeightAveraging") + 1  # fits on the swapped-in average
@@ -197,15 +259,15 @@ def test_averaged_weights_keep_the_fitted_logit_scale(tmp_path, corpus_file):
 
 def test_a_held_out_slice_is_fitted_on_without_the_default_callbacks(tmp_path, corpus_file):
     tiny = [o for o in TINY if not o.startswith("callbacks.")]
-    cfg = compose_train([*tiny, f"data.path={corpus_file}", "data.calibration=0.05", "test=false", "callbacks=none",
-                         "trainer.max_steps=10", "trainer.val_check_interval=10"], tmp_path)
+    cfg = compose_config("train", [*tiny, f"data.path={corpus_file}", "data.calibration=0.05", "test=false", "callbacks=none",
+                                   "trainer.max_steps=10", "trainer.val_check_interval=10"], tmp_path)
     metrics, _ = train(cfg)
     assert metrics["calibration/logit_scale"] != 1.0
 
 
 def test_calibration_fits_the_logit_scale_the_checkpoint_keeps(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
-                         "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "data.calibration=0.05", "test=false",
+                                   "callbacks.sample_text=null"], tmp_path)
     metrics, objects = train(cfg)
     scale = metrics["calibration/logit_scale"]
     assert scale != 1.0 and metrics["calibration/loss"] <= metrics["calibration/loss_raw"]
@@ -227,8 +289,8 @@ def test_lanes_training_carries_the_state(tmp_path, corpus_file, monkeypatch, or
         return value, new_state
 
     monkeypatch.setattr(RNNLM, "loss", recording)
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", f"data.order={order}", "test=false", "trainer.max_steps=8",
-                         "trainer.val_check_interval=8", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", f"data.order={order}", "test=false", "trainer.max_steps=8",
+                                   "trainer.val_check_interval=8", "callbacks.sample_text=null"], tmp_path)
     train(cfg)
     assert len(calls) == 8 and calls[0][0] is None
     for (passed, _), (_, previous) in zip(calls[1:], calls[:-1]):
@@ -241,8 +303,8 @@ def test_lanes_training_carries_the_state(tmp_path, corpus_file, monkeypatch, or
 
 @pytest.mark.slow
 def test_compile_path_trains_on_cpu(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "model.compile=true", "trainer.max_steps=6",
-                         "trainer.val_check_interval=3", "test=false", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "model.compile=true", "trainer.max_steps=6",
+                                   "trainer.val_check_interval=3", "test=false", "callbacks.sample_text=null"], tmp_path)
     metrics, objects = train(cfg)
     assert math.isfinite(metrics["val/loss"])
     ckpt = torch.load(objects["last_ckpt"], weights_only=True)
@@ -250,8 +312,8 @@ def test_compile_path_trains_on_cpu(tmp_path, corpus_file):
 
 
 def test_last_step_is_validated_and_checkpointed(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "trainer.max_steps=25", "trainer.val_check_interval=10",
-                         "test=false", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.max_steps=25", "trainer.val_check_interval=10",
+                                   "test=false", "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 25
     ckpt = torch.load(objects["last_ckpt"], weights_only=True)
@@ -261,9 +323,9 @@ def test_last_step_is_validated_and_checkpointed(tmp_path, corpus_file):
 @pytest.mark.parametrize("cell", [pytest.param("lstm", marks=pytest.mark.skipif(
     not runtime.native_cpu_bf16(), reason="oneDNN has no bf16 LSTM for a CPU without native bf16")), "gru"])
 def test_bf16_mixed_trains_on_cpu_and_checkpoints_fp32(tmp_path, corpus_file, cell):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", f"model.cell={cell}", "trainer.precision=bf16-mixed", "model.optimizer.lr=0.01",
-                         "trainer.max_steps=40", "trainer.val_check_interval=40", "test=false",
-                         "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", f"model.cell={cell}", "trainer.precision=bf16-mixed", "model.optimizer.lr=0.01",
+                                   "trainer.max_steps=40", "trainer.val_check_interval=40", "test=false",
+                                   "callbacks.sample_text=null"], tmp_path)
     metrics, objects = train(cfg)
     dm = objects["datamodule"]
     assert metrics["val/loss"] < unigram_entropy(dm.tokens["train"])
@@ -273,16 +335,16 @@ def test_bf16_mixed_trains_on_cpu_and_checkpoints_fp32(tmp_path, corpus_file, ce
 
 def test_a_run_without_a_logger_trains(tmp_path, corpus_file):
     """The default callbacks include a LearningRateMonitor, which Lightning refuses without a logger."""
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                         "test=false", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                                   "test=false", "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 2 and (tmp_path / "metrics.json").is_file()
 
 
 def test_a_word_model_reports_bits_per_character_of_the_text_it_scores(tmp_path, corpus_file):
     """bpc: the bits of a split over the characters its tokens stand for; bpt: per token."""
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=500",
-                         "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=500",
+                                   "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
     metrics, objects = train(cfg)
     tokenizer = objects["datamodule"].tokenizer
     lengths = torch.tensor(tokenizer.char_lengths())
@@ -298,8 +360,8 @@ def test_a_word_model_reports_bits_per_character_of_the_text_it_scores(tmp_path,
 
 
 def test_a_bpe_model_trains_checkpoints_as_plain_data_and_samples_any_text(tmp_path, corpus_file):
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=bpe", "data.vocab_size=300",
-                         "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "data.tokenizer=bpe", "data.vocab_size=300",
+                                   "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
     metrics, objects = train(cfg)
     dm = objects["datamodule"]
     assert dm.vocab_size == 300 and dm.stats["val_unk"] == 0 and int((dm.tokens["train"] == 0).sum()) == 0
@@ -318,7 +380,15 @@ def test_a_bpe_model_trains_checkpoints_as_plain_data_and_samples_any_text(tmp_p
     ids = encode_prompt(loaded.tokenizer, "ROMEO: 你好")  # never seen: bytes, no <unk>
     assert loaded.tokenizer.decode(ids) == "ROMEO: 你好"
     out = generate(loaded.net, ids, 20, 2, DecodeSettings(temperature=0.8), seed=0)
-    assert all(len(t) == 20 for t in out.tokens) and isinstance(loaded.tokenizer.decode(out.tokens[0]), str)
+    for tokens in out.tokens:
+        assert len(tokens) == 20
+        text = loaded.tokenizer.decode([*ids, *tokens])
+        assert text.startswith("ROMEO: 你好") and len(text) > len("ROMEO: 你好")
+        # What sample.py streams token by token (a character may span tokens) is that text;
+        # only the bytes of a character the sample cut short are held back.
+        piece = loaded.tokenizer.streamer()
+        streamed = "".join(piece(t) for t in [*ids, *tokens])
+        assert text.startswith(streamed) and set(text[len(streamed):]) <= {"\ufffd"}, (text, streamed)
 
 
 def test_vocabulary_settings_are_refused_for_the_wrong_tokenizer():
@@ -337,11 +407,10 @@ def test_an_adaptive_word_model_trains_calibrates_scores_and_decodes_every_way(t
     (loaded weights_only), sampling, beam search and score mode."""
     from rnnlm.generation import DecodeSettings, generate
     from rnnlm.sampling.sample import sample
-    from tests.test_sample import sample_cfg
 
-    cfg = compose_train([*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=400",
-                         "model.output=adaptive", "data.calibration=0.05", "trainer.max_steps=12", "test=false",
-                         "callbacks.sample_text=null"], tmp_path)
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=400",
+                                   "model.output=adaptive", "data.calibration=0.05", "trainer.max_steps=12", "test=false",
+                                   "callbacks.sample_text=null"], tmp_path)
     metrics, objects = train(cfg)
     model, dm = objects["model"], objects["datamodule"]
     assert model.net.adaptive is not None and model.net.decoder is None
@@ -362,11 +431,28 @@ def test_an_adaptive_word_model_trains_calibrates_scores_and_decodes_every_way(t
         out = generate(loaded.net, ids, 8, 1, settings, seed=0)
         assert len(out.tokens[0]) == 8 and all(0 <= t < 400 for t in out.tokens[0]), settings
     with caplog.at_level("WARNING"):  # a word the vocabulary lacks: <unk>, and a warning naming it
-        _, result = sample(sample_cfg(tmp_path / "s", f"ckpt={objects['last_ckpt']}", "prompt='ROMEO zyzzyva'",
-                                      "length=6", "stream=false"))
+        _, result = sample(compose_config("sample", [f"ckpt={objects['last_ckpt']}", "prompt='ROMEO zyzzyva'", "length=6",
+                                                     "stream=false"], tmp_path / "s"))
     assert "' zyzzyva'" in caplog.text and "mapped to <unk>" in caplog.text
     assert result["record"]["samples"][0]["new_tokens"] == 6
     (tmp_path / "t.txt").write_text(corpus_file.read_text()[-2000:])
-    scored, _ = sample(sample_cfg(tmp_path / "score", f"ckpt={objects['last_ckpt']}", "mode=score",
-                                  f"text_file={tmp_path / 't.txt'}"))
+    scored, _ = sample(compose_config("sample", [f"ckpt={objects['last_ckpt']}", "mode=score", f"text_file={tmp_path / 't.txt'}"],
+                                      tmp_path / "score"))
     assert math.isfinite(scored["score/bpc"]) and scored["score/bpt"] > scored["score/bpc"]
+
+
+def test_an_error_on_rank_zero_ends_the_ranks_it_launched(monkeypatch):
+    """Through the launcher's public kill(): what Lightning's DDP launcher offers for it."""
+    import signal
+
+    import pytorch_lightning as pl
+
+    from rnnlm.training.train import stop_launched_ranks
+
+    trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_checkpointing=False)
+    launcher = trainer.strategy.launcher
+    assert list(inspect.signature(launcher.kill).parameters) == ["signum"]
+    killed = []
+    monkeypatch.setattr(launcher, "kill", killed.append)
+    stop_launched_ranks(trainer)
+    assert killed == [signal.SIGKILL]

@@ -5,3 +5,15 @@ from omegaconf import OmegaConf
 # ${rnnlm.or:a,b}: a unless it is null/empty, else b (used by hydra.run.dir for resume_dir).
 if not OmegaConf.has_resolver("rnnlm.or"):
     OmegaConf.register_new_resolver("rnnlm.or", lambda first, second: first if first else second)
+
+
+def _config_subdir(resume_dir: str) -> str:
+    """``hydra.output_subdir``: a resumed run's config is written beside the run's own and
+    replaces it only once the resume checks pass (``rnnlm.utils.rundir.promote_pending_config``)."""
+    from rnnlm.utils.rundir import PENDING_CONFIG_DIR
+
+    return PENDING_CONFIG_DIR if resume_dir else ".hydra"
+
+
+if not OmegaConf.has_resolver("rnnlm.config_subdir"):
+    OmegaConf.register_new_resolver("rnnlm.config_subdir", _config_subdir)

@@ -33,7 +33,7 @@ from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import write_text
 from rnnlm.utils.memory import keep_freed_memory
 from rnnlm.utils.options import check_config
-from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable
+from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable, promote_pending_config
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if not loggers:  # Lightning refuses a LearningRateMonitor without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    promote_pending_config()  # every check has passed: this config is the run's now
     log_run_facts(loggers, cfg, model, datamodule)
 
     with warnings.catch_warnings():

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import NO_SPACE, disk_error, os_error_in, write_text
-from rnnlm.utils.rundir import JOB_RECORD, failed_jobs, is_launched_rank
+from rnnlm.utils.rundir import JOB_RECORD, drop_pending_config, failed_jobs, is_launched_rank
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def run_task(
         print(f"{err.prefix}: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     finally:
+        drop_pending_config()  # still there: the task ended before the resume was accepted
         finish_wandb(exit_code)
         if _in_multirun():
             reset_distributed(env_before)

@@ -13,12 +13,14 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".rnnlm.lock"
 CHECKPOINT_DIR = "checkpoints"
 RESUME_HINT = "pass the dir of an earlier run (outputs/train/runs/<date>), or drop resume_dir= to start a new run"
+PENDING_CONFIG_DIR = ".hydra-pending"  # where Hydra writes a resumed run's config (conf/hydra/default.yaml)
 JOB_RECORD = "metrics.json"  # a failed multirun job leaves {"error": ...} here
 RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "SLURM_PROCID")
 
@@ -121,6 +124,32 @@ def unlock(directory: Path) -> None:
     handle = _held.pop(directory.resolve(), None)
     if handle is not None:
         handle.close()  # closing the descriptor releases the flock
+
+
+def _pending_config() -> Path | None:
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir != PENDING_CONFIG_DIR:
+        return None
+    return Path(HydraConfig.get().runtime.output_dir) / PENDING_CONFIG_DIR
+
+
+def promote_pending_config() -> None:
+    """The resume checks passed: this run's config (Hydra wrote it to ``.hydra-pending/``)
+    replaces the run's ``.hydra/``, file by file."""
+    pending = _pending_config()
+    if pending is None or not pending.is_dir():
+        return
+    final = pending.with_name(".hydra")
+    final.mkdir(exist_ok=True)
+    for path in pending.iterdir():
+        os.replace(path, final / path.name)
+    pending.rmdir()
+
+
+def drop_pending_config() -> None:
+    """A refused resume: its config goes, the run's ``.hydra/`` stays as it was."""
+    pending = _pending_config()
+    if pending is not None:
+        shutil.rmtree(pending, ignore_errors=True)
 
 
 def _fail(err: RnnlmError) -> None:
