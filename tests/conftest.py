@@ -119,11 +119,37 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict
 
 
 @contextlib.contextmanager
+def running_in_thread(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve ``app`` on a free port from a thread of this process; yields its URL; stopped, and
+    the thread joined, when the block exits."""
+    import uvicorn
+
+    from rnnlm.sampling.playground import server as server_module
+
+    sock = server_module.bind(host, 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=server_module.SHUTDOWN_SECONDS))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="playground-server")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the playground server did not start")
+            time.sleep(0.02)
+        yield server_module.url_of(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@contextlib.contextmanager
 def running_playground(root: Path, *overrides: str) -> Iterator[tuple[str, Any]]:
     """(URL, Playground): the app serving ``root``'s checkpoints on a free local port, in a
     thread of this process, with sample.py's defaults (and ``overrides``)."""
     from rnnlm.sampling.playground.catalogue import Catalogue
-    from rnnlm.sampling.playground.server import app_for, running_in_thread
+    from rnnlm.sampling.playground.server import app_for
 
     app = app_for(compose_config("sample", overrides), Catalogue(root))
     with running_in_thread(app) as url:

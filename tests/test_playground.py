@@ -3,6 +3,7 @@ and ``sample.py mode=serve`` from the command line. The page itself: test_playgr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -284,8 +285,19 @@ def test_a_client_that_disconnects_stops_its_generation(playground, gated, caplo
         assert time.monotonic() < deadline, "the generation went on after its client left"
         time.sleep(0.05)
     ended = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generation ")]
-    assert ended and ended[-1].startswith("generation stopped: its client left after")
+    assert ended and ended[-1].startswith("generation stopped after")
     assert int(ended[-1].split(" after ")[1].split()[0]) < MAX_LENGTH
+
+
+def test_a_generation_past_the_time_limit_stops_with_what_it_has(playground, gated, monkeypatch, caplog):
+    import rnnlm.sampling.playground.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_GENERATION_SECONDS", 0.3)
+    caplog.set_level(logging.WARNING, logger="rnnlm.sampling.playground.app")
+    gated.set()
+    done = generate(playground[0], length=MAX_LENGTH)[-1]
+    assert done["type"] == "done" and done["stopped"] and 0 < done["tokens"] < MAX_LENGTH
+    assert "reached the playground's limit of 0.3 s" in caplog.text
 
 
 def test_twenty_requests_at_once_are_served_or_refused_cleanly(playground, gated):
@@ -367,12 +379,23 @@ def test_serve_from_the_command_line_prints_its_url_and_stops_on_ctrl_c(tmp_path
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         url = log.read_text().split("playground: ")[1].split()[0]
-        page = httpx.get(url)
-        assert page.status_code == 200 and "rnnlm playground" in page.text
-        assert httpx.get(url + "static/playground.js").status_code == 200
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 128 + signal.SIGINT
-    assert "Traceback" not in log.read_text()
+        # The heaviest requests the caps allow, streaming while the page is asked for and Ctrl-C comes.
+        worst = [{"strategy": "beam", "beam_width": 16, "length": 1000, "num_samples": 8, "length_penalty": 10},
+                 {"length": MAX_LENGTH, "num_samples": 8, "top_p": 0.9}] * 4
+        streams = [httpx.stream("POST", url + "api/generate", json=body, timeout=120) for body in worst]
+        opened = [stream.__enter__() for stream in streams]
+        try:
+            assert all(response.status_code == 200 for response in opened)
+            page = httpx.get(url, timeout=5)  # the event loop answers while every worker computes
+            assert page.status_code == 200 and "rnnlm playground" in page.text
+            assert httpx.get(url + "static/playground.js", timeout=5).status_code == 200
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 128 + signal.SIGINT
+        finally:
+            for stream in streams:
+                with contextlib.suppress(httpx.HTTPError):
+                    stream.__exit__(None, None, None)
+    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 @pytest.mark.slow

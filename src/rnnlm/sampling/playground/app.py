@@ -55,6 +55,7 @@ MAX_LENGTH = 5_000
 MAX_SAMPLES = 8
 MAX_GENERATIONS = 8
 MAX_ANALYSES = 4
+MAX_GENERATION_SECONDS = 300  # longer than the longest generation the caps allow on a 2-core CPU
 EVENTS_PER_MESSAGE = 256
 FLUSH_SECONDS = 0.02  # a generation's steps reach the page in batches at most this far apart
 # What a generation request may set: sample.py's options of the same names.
@@ -144,10 +145,21 @@ class Playground:
         self.generations = ThreadPoolExecutor(MAX_GENERATIONS, "playground-generate", torch.set_num_threads, (threads,))
         self.analysis_threads = ThreadPoolExecutor(MAX_ANALYSES, "playground-analyse", torch.set_num_threads, (threads,))
         self.slots = threading.BoundedSemaphore(MAX_GENERATIONS)
-        self.running = 0  # generations whose thread has not ended
-        self._running_lock = threading.Lock()
+        self.stops: set[threading.Event] = set()  # one per generation whose thread has not ended
+        self._stops_lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        return len(self.stops)
+
+    def stop_generations(self) -> None:
+        """Every generation stops at its next step (the server is stopping)."""
+        with self._stops_lock:
+            for stop in self.stops:
+                stop.set()
 
     def close(self) -> None:
+        self.stop_generations()
         self.generations.shutdown(wait=False, cancel_futures=True)
         self.analysis_threads.shutdown(wait=False, cancel_futures=True)
         torch.set_num_threads(self.torch_threads)
@@ -212,11 +224,18 @@ class Playground:
         seed = settings.seed if settings.seed is not None else random.randrange(2**31)
         if not self.slots.acquire(blocking=False):
             raise Busy(f"{MAX_GENERATIONS} generations are running (the playground's limit); try again when one ends")
-        with self._running_lock:
-            self.running += 1
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         cancelled = threading.Event()
+        with self._stops_lock:
+            self.stops.add(cancelled)
+
+        def time_out() -> None:  # a generation still running stops there, as if its client had left
+            log.warning("a generation reached the playground's limit of %g s: stopping it", MAX_GENERATION_SECONDS)
+            cancelled.set()
+
+        time_limit = threading.Timer(MAX_GENERATION_SECONDS, time_out)
+        time_limit.daemon = True  # never keeps the process alive
         unknown = model.loaded.tokenizer.unknown(plan.prompt.rstrip() or plan.prompt) if plan.prompt else []
 
         def put(events: list[dict[str, Any]]) -> None:
@@ -235,18 +254,20 @@ class Playground:
                     if event["type"] != "step" or now - flushed >= FLUSH_SECONDS or len(pending) >= EVENTS_PER_MESSAGE:
                         put(pending)
                         pending, flushed = [], now
-                log.info("generation %s after %d tokens (%s tokens/s)", "stopped: its client left" if event["stopped"]
+                log.info("generation %s after %d tokens (%s tokens/s)", "stopped" if event["stopped"]
                          else "done", event["tokens"], event["tokens_per_s"])
             except Exception as err:  # reported to the page; the server goes on
                 log.exception("generation failed")
                 put([*pending, {"type": "error", "error": str(err) if isinstance(err, RnnlmError) else f"{type(err).__name__}: {err}"}])
             finally:
-                self.ended()
+                time_limit.cancel()
+                self.ended(cancelled)
 
         try:
             self.generations.submit(work)
+            time_limit.start()
         except RuntimeError:  # shutting down
-            self.ended()
+            self.ended(cancelled)
             raise Busy("the playground is stopping") from None
 
         async def events() -> AsyncIterator[str]:
@@ -271,9 +292,9 @@ class Playground:
 
         return EventStream(events(), cancelled.set)
 
-    def ended(self) -> None:
-        with self._running_lock:
-            self.running -= 1
+    def ended(self, stop: threading.Event) -> None:
+        with self._stops_lock:
+            self.stops.discard(stop)
         self.slots.release()
 
     async def analysis(self, request: Request, keys: tuple[str, ...], job: Callable[..., dict[str, Any]],

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,30 +87,6 @@ def catalogue_from(cfg: DictConfig) -> Catalogue:
     return catalogue
 
 
-@contextlib.contextmanager
-def running_in_thread(app: Starlette, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` on a free port from a thread of this process (tests, the benchmark);
-    yields its URL; stopped, and the thread joined, when the block exits."""
-    import uvicorn
-
-    sock = bind(host, 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=SHUTDOWN_SECONDS))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="playground-server")
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the playground server did not start")
-            time.sleep(0.02)
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
 def app_for(cfg: DictConfig, catalogue: Catalogue, on_ready: Callable[[], None] | None = None) -> Starlette:
     """The app, with ``cfg``'s decoding options (sample.py's: prompt, strategy, temperature,
     top_k, top_p, length, num_samples, beam_width) as the page's defaults."""
@@ -147,7 +120,15 @@ def serve(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
         app = app_for(cfg, catalogue, ready)
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_SECONDS, lifespan="on")
-        uvicorn.Server(config).run(sockets=[sock])
+
+        class Server(uvicorn.Server):
+            async def shutdown(self, sockets: Any = None) -> None:
+                # Ctrl-C: generations stop at their next step, so their streams end (with a "done"
+                # event) while uvicorn waits for open requests, rather than being cancelled after it.
+                app.state.playground.stop_generations()
+                await super().shutdown(sockets)
+
+        Server(config).run(sockets=[sock])
     finally:
         sock.close()
     return {}, {"url": url}
