@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -270,3 +271,25 @@ def test_a_cache_dir_that_cannot_be_made_is_one_line(corpus_dir, tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(CorpusError, match=r"data.cache_dir=.*a-file/cache cannot be written \(Not a directory\); pass"):
         prepare(settings(corpus_dir), tmp_path / "a-file" / "cache")
+
+
+@pytest.mark.slow
+def test_sigterm_while_preparing_cleans_up_and_says_so(tmp_path):
+    """Outside Lightning's loops SIGTERM would kill the process mid-write; it ends like Ctrl-C."""
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(5000)])
+    corpus = tmp_path / "big.txt"
+    corpus.write_text(" ".join(rng.choice(words, size=6_000_000)), encoding="utf-8")  # ~35 MB: seconds to encode
+    cache = tmp_path / "cache"
+    command = [sys.executable, str(ROOT / "train.py"), "prepare_only=true", "data=text", f"data.path={corpus}",
+               "data.tokenizer=word", f"data.cache_dir={cache}", "logger=csv", f"hydra.run.dir={tmp_path / 'run'}"]
+    with started(command, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        deadline = time.monotonic() + 120
+        while not list(cache.glob("*.partial-*")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: SIGTERM while preparing the corpus")
+    assert not list(cache.glob("*.partial-*")) and not any(p.is_dir() for p in cache.iterdir())

@@ -29,6 +29,7 @@ from rnnlm.training.callbacks import CheckpointOnInterrupt, sample_texts
 from rnnlm.training.checkpoint_io import remove_partial_files
 from rnnlm.training.precision import auto_precision, check_precision
 from rnnlm.training.resume import check_architecture, resolve_ckpt_path
+from rnnlm.utils.cli import sigterm_interrupts
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import write_text
 from rnnlm.utils.memory import keep_freed_memory
@@ -78,8 +79,9 @@ def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     if data_cfg.get("path"):
         data_cfg = OmegaConf.merge(data_cfg, {"path": to_absolute_path(str(data_cfg.path))})
     datamodule = build(data_cfg, "data")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    with sigterm_interrupts("preparing the corpus"):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     return datamodule
 
 

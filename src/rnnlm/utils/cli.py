@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,25 @@ def finish_wandb(exit_code: int = 0) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts(what: str) -> Iterator[None]:
+    """SIGTERM while ``what`` runs ends it as Ctrl-C does: its clean-up runs (a prepare's
+    partial cache entry goes), one line, exit 143. Outside Lightning's loops only: inside
+    them Lightning's own handler saves a checkpoint first (``CheckpointOnInterrupt``)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(f"SIGTERM while {what}; nothing of it was kept", signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def record_failed_job(err: RnnlmError) -> None:
