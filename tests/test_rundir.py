@@ -90,6 +90,13 @@ def test_resume_dir_must_be_a_run_dir_with_a_checkpoint_that_loads(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ConfigError, match=r"checkpoints/ holds no checkpoint; pass the dir of an earlier run"):
         check_resume_dir(tmp_path)
+    (tmp_path / ".hydra").mkdir()  # a run killed before its first checkpoint
+    with pytest.raises(ConfigError, match=r"is a run that ended before its first checkpoint: there is nothing to resume"):
+        check_resume_dir(tmp_path)
+    (tmp_path / "checkpoints").rmdir()
+    with pytest.raises(ConfigError, match=r"is a run that ended before its first checkpoint"):
+        check_resume_dir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
     assert check_resume_dir(tmp_path) == tmp_path  # its structure; whether one loads is read once, by the run
     with pytest.raises(CheckpointError, match=r"resume_dir=.*holds no checkpoint that loads \(skipped: .*last.ckpt \(unreadable\)\)"):

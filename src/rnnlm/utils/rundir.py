@@ -54,6 +54,9 @@ def check_resume_dir(resume_dir: Any) -> Path:
     decided when the run reads it (``rnnlm.training.resume``), so it is read once."""
     run_dir = existing_dir("resume_dir", resume_dir, RESUME_HINT)
     checkpoints = run_dir / CHECKPOINT_DIR
+    if (run_dir / ".hydra").is_dir() and not any(checkpoints.glob("*.ckpt")):
+        raise ConfigError(f"resume_dir={run_dir} is a run that ended before its first checkpoint: there is nothing to "
+                          "resume; start a new run without resume_dir=")
     if not checkpoints.is_dir():
         raise ConfigError(f"resume_dir={run_dir} holds no {CHECKPOINT_DIR}/ dir, so it is not a run dir; {RESUME_HINT}")
     if not any(checkpoints.glob("*.ckpt")):
