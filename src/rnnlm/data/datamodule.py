@@ -25,6 +25,10 @@ SPLITS = ("train", "val", "test")
 CALIBRATION_MIN_TOKENS = 256  # a temperature fitted on fewer is noise
 COUNT_CHUNK = 1 << 24  # tokens counted at a time by token_counts()
 UNKNOWN_WARN_SHARE = 0.001  # warn when more of a val/test split than this is <unk>
+ITER_CHUNK = 1 << 16  # indices handed to the loader as Python ints at a time
+# Above this many windows the shuffled order is computed as it is read (rnnlm.data.permutation)
+# rather than drawn whole by torch.randperm: at most 16 MB of order in any rank.
+IN_MEMORY_ORDER_MAX = 1 << 22
 
 
 class WindowDataset(Dataset):
@@ -49,8 +53,6 @@ class WindowDataset(Dataset):
     def __getitem__(self, index: int) -> Batch:
         inputs, targets = self.__getitems__([index])
         return inputs[0], targets[0]
-
-
 
 
 class WindowSampler(Sampler[int]):
@@ -111,12 +113,6 @@ class WindowSampler(Sampler[int]):
             return
         for chunk in self._indices()[start:].split(ITER_CHUNK):
             yield from chunk.tolist()
-
-
-ITER_CHUNK = 1 << 16  # indices handed to the loader as Python ints at a time
-# Above this many windows the shuffled order is computed as it is read (rnnlm.data.permutation)
-# rather than drawn whole by torch.randperm: at most 16 MB of order in any rank.
-IN_MEMORY_ORDER_MAX = 1 << 22
 
 
 def keep_batch(batch: Batch) -> Batch:
@@ -184,9 +180,8 @@ class CorpusDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir  # None: encode in memory, for this process only
         self.cache_entry: Path | None = None
         self._prepared: PreparedCorpus | None = None  # what prepare_data() found or made, for setup()
-        self.path, self.glob, self.separator = path, glob, separator
-        self.encoding_errors, self.tokenizer_kind = encoding_errors, tokenizer
-        self.max_vocab, self.min_freq, self.vocab_size_to_learn = max_vocab, min_freq, vocab_size
+        self.settings = CorpusSettings(path, glob, separator, encoding_errors, tokenizer, max_vocab, min_freq,
+                                       float(splits[0]), vocab_size, float(splits[1]))
         self.seq_len, self.stride = seq_len, stride or seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.splits, self.num_workers, self.seed, self.order = tuple(splits), num_workers, seed, order
@@ -210,12 +205,6 @@ class CorpusDataModule(pl.LightningDataModule):
         for start in range(0, len(train), COUNT_CHUNK):
             counts += np.bincount(train[start : start + COUNT_CHUNK], minlength=len(counts))
         return counts
-
-    @property
-    def settings(self) -> CorpusSettings:
-        return CorpusSettings(self.path, self.glob, self.separator, self.encoding_errors, self.tokenizer_kind,
-                              self.max_vocab, self.min_freq, float(self.splits[0]), self.vocab_size_to_learn,
-                              float(self.splits[1]))
 
     def prepare_data(self) -> None:
         """Encode the corpus into the cache, once (Lightning runs this on one process per node)."""
@@ -267,7 +256,7 @@ class CorpusDataModule(pl.LightningDataModule):
         }
         log.info(
             "corpus: %d tokens (%s), vocab %d, windows train/val/test %d/%d/%d of %d tokens",
-            len(ids), self.tokenizer_kind, len(self.tokenizer),
+            len(ids), self.settings.tokenizer, len(self.tokenizer),
             *(len(self.datasets[s]) for s in SPLITS), self.seq_len,
         )
 

@@ -26,6 +26,7 @@ import shutil
 import socket
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -209,8 +210,8 @@ def _any_text(sources: list[Source], settings: CorpusSettings) -> bool:
     return any(facts.nonblank for _ in stream_corpus(sources, settings.separator, settings.encoding_errors, facts))
 
 
-def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus:
-    """Count the characters, fit on the train split, encode (into ``directory`` or memory)."""
+def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus | None:
+    """Count the characters, fit on the train split, encode into memory (returned) or ``directory``."""
     total_chars = count_chars(sources, settings.separator, settings.encoding_errors)
     # The same character bounds the data module would cut a character corpus at.
     char_bounds = (int(total_chars * settings.train_fraction),
@@ -232,7 +233,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
 
     encoding = StreamFacts()
     pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
-    unk_blocks: dict[int, int] = {}
+    unk_blocks: Counter[int] = Counter()  # <unk> tokens per block of BLOCK ids, where there are any
     count, parts, split_starts = 0, [], []
     cutter = CharCutter(pieces)
     segments = (cutter.take(char_bounds[0]), cutter.take(char_bounds[1] - char_bounds[0]), cutter.take(None))
@@ -241,10 +242,8 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
             if index:
                 split_starts.append(count)  # where the val (then test) split starts
             for ids in tokenizer.encode_stream(segment):
-                unknown = np.flatnonzero(ids == 0)
-                if len(unknown):
-                    for block, n in zip(*np.unique((unknown + count) // BLOCK, return_counts=True)):
-                        unk_blocks[int(block)] = unk_blocks.get(int(block), 0) + int(n)
+                hit, hits = np.unique((np.flatnonzero(ids == 0) + count) // BLOCK, return_counts=True)
+                unk_blocks.update(dict(zip(hit.tolist(), hits.tolist())))
                 count += len(ids)
                 if out is not None:
                     out.write(memoryview(np.ascontiguousarray(ids)).cast("B"))  # raises on a full disk, unlike tofile
@@ -254,8 +253,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
             out.flush()
             os.fsync(out.fileno())
     blocks = np.zeros(count // BLOCK + 1, dtype=np.int64)
-    for block, n in unk_blocks.items():
-        blocks[block] = n
+    blocks[list(unk_blocks)] = list(unk_blocks.values())
     if encoding.chars != total_chars:  # a prepare only goes wrong here if the files changed meanwhile
         raise CorpusError(f"the corpus changed while it was prepared ({total_chars} characters counted, "
                           f"{encoding.chars} encoded); prepare again once it no longer changes")
@@ -271,5 +269,4 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
                             "sources": [s.identity() for s in sources]}
     _write_synced(directory / META, json.dumps(meta).encode())  # last: with the sizes, it marks the entry complete
     fsync_dir(directory)
-    return PreparedCorpus(tokenizer, np.zeros(0, dtype=tokenizer.dtype), facts, blocks, directory, reused=False,
-                          split_starts=tuple(split_starts))
+    return None

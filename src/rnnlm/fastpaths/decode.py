@@ -69,18 +69,17 @@ class FastStep:
         order = _ifog if self.cell == "lstm" else (lambda t: t)
         with torch.no_grad():
             inputs = net.embedding.weight if net.embedding is not None else torch.eye(net.vocab_size, device=rnn.weight_ih_l0.device)
-            w_ih0, b_ih0, b_hh0 = rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+            w_ih0, w_hh0, b_ih0, b_hh0 = rnn.all_weights[0]
             table = inputs.to(w_ih0.dtype) @ order(w_ih0).T + order(b_ih0)
             if self.cell == "gru":  # GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
-                self.hh0 = PackedLinear(rnn.weight_hh_l0, b_hh0, batch_hint)
+                self.hh0 = PackedLinear(w_hh0, b_hh0, batch_hint)
             else:
                 table = table + order(b_hh0)
-                self.hh0 = PackedLinear(order(rnn.weight_hh_l0), torch.zeros_like(b_hh0), batch_hint)
+                self.hh0 = PackedLinear(order(w_hh0), torch.zeros_like(b_hh0), batch_hint)
             self.table = table.contiguous()
             self.deeper: list[tuple[PackedLinear, ...]] = []
             for layer in range(1, self.num_layers):
-                w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
-                b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+                w_ih, w_hh, b_ih, b_hh = rnn.all_weights[layer]
                 if self.cell == "gru":
                     self.deeper.append((PackedLinear(w_ih, b_ih, batch_hint), PackedLinear(w_hh, b_hh, batch_hint)))
                 else:
@@ -123,8 +122,7 @@ class FastStep:
         if state is None:
             zeros = self.table.new_zeros(self.num_layers, batch, self.hidden_size)
             state = (zeros, zeros.clone()) if self.cell == "lstm" else zeros
-        hs = state[0] if self.cell == "lstm" else state
-        cs = state[1] if self.cell == "lstm" else None
+        hs, cs = state if self.cell == "lstm" else (state, None)
         new_h, new_c = [], []
         x = self.table.index_select(0, tokens)  # layer 0's input projection, biases included
         for layer in range(self.num_layers):

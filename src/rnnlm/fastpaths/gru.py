@@ -135,8 +135,7 @@ def gru_forward(rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[
     for layer in range(rnn.num_layers):
         if layer > 0 and rnn.dropout and rnn.training:
             layer_input = F.dropout(layer_input, rnn.dropout, training=True)
-        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
-        b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+        w_ih, w_hh, b_ih, b_hh = rnn.all_weights[layer]
         steps = layer_input.size(0)
         gi = InputProjection.apply(layer_input.reshape(steps * batch, -1), w_ih, b_ih).view(steps, batch, -1)
         layer_input = GRURecurrence.apply(gi, h0[layer].contiguous(), w_hh, b_hh)

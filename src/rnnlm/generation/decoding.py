@@ -31,6 +31,10 @@ class DecodeSettings:
     beam_width: int = 5
     length_penalty: float = 0.0  # beam scores are divided by length ** length_penalty
 
+    @property
+    def beam(self) -> bool:
+        return self.strategy in ("beam", "stochastic_beam")
+
     def validate(self, vocab_size: int, num_samples: int = 1) -> DecodeSettings:
         """Each setting by its rule (``rnnlm.utils.options``), then what relates them."""
         check_args("", strategy=self.strategy, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
@@ -38,7 +42,7 @@ class DecodeSettings:
         if self.top_k is not None and self.top_k > vocab_size:
             raise ConfigError(f"top_k={self.top_k} is above the vocabulary's {vocab_size} tokens; give at most "
                               f"{vocab_size}, or null for no limit")
-        if self.strategy in ("beam", "stochastic_beam") and num_samples > self.beam_width:
+        if self.beam and num_samples > self.beam_width:
             raise ConfigError(f"num_samples={num_samples} > beam_width={self.beam_width}; beam search returns at most beam_width sequences")
         return self
 
@@ -66,9 +70,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens ranked above it already reach top_p.
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -119,12 +123,14 @@ def prime(net: nn.Module, prompt: Sequence[int], device: torch.device, chunk: in
     return logits[:, -1], state
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    if seed is None:
-        return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(seed))
-    return generator
+def begin(net: nn.Module, prompt: Sequence[int], seed: int | None):
+    """What every strategy starts from: the net's device, a generator seeded with ``seed``
+    (``None``: torch's global one), and :func:`prime`'s logits and state for ``prompt``."""
+    if not prompt:
+        raise ConfigError("the prompt is empty: give at least one token to start from")
+    device = next(net.parameters()).device
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
+    return device, generator, *prime(net, prompt, device)
 
 
 @torch.no_grad()
@@ -143,11 +149,7 @@ def steps(
     so a caller can write tokens out as they come.
     """
     settings = settings or DecodeSettings()
-    if not prompt:
-        raise ConfigError("the prompt is empty: give at least one token to start from")
-    device = next(net.parameters()).device
-    generator = make_generator(seed, device)
-    logits, state = prime(net, prompt, device)
+    device, generator, logits, state = begin(net, prompt, seed)
     logits = logits.expand(num_samples, -1)
     state = select_state(state, torch.zeros(num_samples, dtype=torch.long, device=device))
     step = decoding_step(net, num_samples)
@@ -155,20 +157,6 @@ def steps(
         tokens = next_tokens(logits, settings, generator)
         yield tokens, logits
         logits, state = step(tokens, state)
-
-
-def stream(
-    net: nn.Module,
-    prompt: Sequence[int],
-    length: int,
-    num_samples: int = 1,
-    settings: DecodeSettings | None = None,
-    seed: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(tokens [num_samples], nll [num_samples])`` for each new step (see :func:`steps`);
-    the NLL is the model's, at T=1."""
-    for tokens, logits in steps(net, prompt, length, num_samples, settings, seed):
-        yield tokens, F.cross_entropy(as_float(logits), tokens, reduction="none")
 
 
 def generate(
@@ -189,7 +177,7 @@ def generate(
     bounded however long the generation. The returned NLL covers every generated token.
     """
     settings = settings or DecodeSettings()
-    if settings.strategy in ("beam", "stochastic_beam"):
+    if settings.beam:
         return beam_search(net, prompt, length, num_samples, settings, seed, stop)
     kept: list[torch.Tensor] = []
     tail: deque[torch.Tensor] = deque(maxlen=max(len(stop), 1))
@@ -198,7 +186,8 @@ def generate(
     ends = torch.full((num_samples,), length, dtype=torch.long)  # exclusive end per stream
     nll_sum = torch.zeros(num_samples, dtype=torch.float64)
     all_active = True  # until a stream stops: skips masking the NLL every step
-    for step, (tokens, nll) in enumerate(stream(net, prompt, length, num_samples, settings, seed)):
+    for step, (tokens, logits) in enumerate(steps(net, prompt, length, num_samples, settings, seed)):
+        nll = F.cross_entropy(as_float(logits), tokens, reduction="none")  # the model's, at T=1
         if not tokens.is_cpu:
             tokens, nll = tokens.cpu(), nll.cpu()
         nll_sum += nll if all_active else nll.double() * active
@@ -245,15 +234,11 @@ def beam_search(
     ``score / length ** length_penalty``.
     """
     settings = settings or DecodeSettings(strategy="beam")
-    if not prompt:
-        raise ConfigError("the prompt is empty: give at least one token to start from")
+    device, generator, logits, state = begin(net, prompt, seed)
     if length == 0:
         return Generation([[] for _ in range(num_samples)], [float("nan")] * num_samples, [0.0] * num_samples)
-    device = next(net.parameters()).device
-    generator = make_generator(seed, device)
     width = settings.beam_width
-    logits, state = prime(net, prompt, device)
-    step = decoding_step(net, settings.beam_width)
+    step = decoding_step(net, width)
     scores = torch.zeros(1, device=device)
     seqs = torch.zeros(1, 0, dtype=torch.long, device=device)
     finished: list[tuple[list[int], float]] = []
@@ -287,18 +272,12 @@ def beam_search(
             for i in ended.nonzero().flatten().tolist():
                 finished.append((seqs[i].tolist(), float(scores[i])))
             keep = (~ended).nonzero().flatten()
-            if len(finished) >= width or keep.numel() == 0:
-                seqs = seqs[keep]
-                scores = scores[keep]
-                break
             seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]
+            if len(finished) >= width or keep.numel() == 0:
+                break
             state = select_state(state, keep)
         logits, state = step(tokens, state)
-    pool = finished + [(s, float(v)) for s, v in zip(seqs.tolist(), scores.tolist())]
-    pool.sort(key=lambda sv: sv[1] / float(max(len(sv[0]), 1)) ** settings.length_penalty, reverse=True)
-    top = pool[:num_samples]
-    return Generation(
-        [s for s, _ in top],
-        [-v / max(len(s), 1) for s, v in top],
-        [v / float(max(len(s), 1)) ** settings.length_penalty for s, v in top],
-    )
+    pool = finished + list(zip(seqs.tolist(), scores.tolist()))
+    ranked = [(s, v, v / float(max(len(s), 1)) ** settings.length_penalty) for s, v in pool]
+    top = sorted(ranked, key=lambda item: item[2], reverse=True)[:num_samples]
+    return Generation([s for s, _, _ in top], [-v / max(len(s), 1) for s, v, _ in top], [n for _, _, n in top])

@@ -4,7 +4,7 @@ ids, stop ids) and a text's ids and scores. Shared by ``sample.py`` and the play
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -35,10 +35,8 @@ def score_text(loaded: LoadedModel, ids: torch.Tensor,
 
 
 def settings_from(cfg: Mapping[str, Any]) -> DecodeSettings:
-    return DecodeSettings(
-        strategy=cfg.strategy, temperature=cfg.temperature, top_k=cfg.get("top_k"), top_p=cfg.get("top_p"),
-        beam_width=cfg.get("beam_width", 5), length_penalty=cfg.get("length_penalty", 0.0),
-    )
+    """The decoding settings among ``cfg``'s options; those it lacks keep their defaults."""
+    return DecodeSettings(**{f.name: cfg[f.name] for f in fields(DecodeSettings) if f.name in cfg})
 
 
 @dataclass
@@ -51,10 +49,6 @@ class DecodePlan:
     ids: list[int]
     stop: list[int]
 
-    @property
-    def beam(self) -> bool:
-        return self.settings.strategy in ("beam", "stochastic_beam")
-
 
 def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Callable[[], str],
                 max_beam_length: int = MAX_BEAM_LENGTH) -> DecodePlan:
@@ -63,7 +57,7 @@ def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Calla
     settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
     length = cfg.length
     check_value("length", length)
-    if settings.strategy in ("beam", "stochastic_beam") and length > max_beam_length:
+    if settings.beam and length > max_beam_length:
         raise ConfigError(f"length={length} is too long for beam search (at most {max_beam_length}); use strategy=sample")
     prompt = read_prompt()
     return DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),

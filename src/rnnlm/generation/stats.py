@@ -31,8 +31,6 @@ def sample_statistics(samples: Sequence[Sequence[int]], nll: Sequence[float]) ->
     finite = [x for x in nll if x == x]
     return {
         "nll_per_token": sum(finite) / len(finite) if finite else float("nan"),
-        "distinct_1": distinct_n(samples, 1),
-        "distinct_2": distinct_n(samples, 2),
-        "distinct_3": distinct_n(samples, 3),
+        **{f"distinct_{n}": distinct_n(samples, n) for n in (1, 2, 3)},
         "repetition_4": repetition_rate(samples, 4),
     }

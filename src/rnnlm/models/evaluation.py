@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from torch import nn
@@ -51,17 +50,6 @@ def logit_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     return log_probs.gather(-1, targets[..., None]).squeeze(-1), logits.argmax(-1) == targets
 
 
-def target_scores(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                  state: Any = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """(log-probability of each target, whether it was the most likely token, state): the
-    net's own ``target_scores`` where it has one (an adaptive softmax scores without the
-    whole vocabulary), else from its logits."""
-    if hasattr(net, "target_scores"):
-        return net.target_scores(inputs, targets, state)
-    logits, state = net(inputs, state)
-    return (*logit_scores(logits, targets), state)
-
-
 @torch.no_grad()
 def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int = 4096,
                  char_lengths: torch.Tensor | None = None,
@@ -77,24 +65,19 @@ def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int =
     """
     nll_sum, correct, count, chars, state = 0.0, 0, 0, 0.0, None
     for inputs, targets in lane_windows(net, ids, lanes, chunk):
-        if each_chunk is None:
-            log_probs, hits, state = target_scores(net, inputs, targets, state)
+        if each_chunk is None and hasattr(net, "target_scores"):
+            # The net's own scores: an adaptive softmax scores without the whole vocabulary.
+            log_probs, hits, state = net.target_scores(inputs, targets, state)
         else:
             logits, state = net(inputs, state)
             log_probs, hits = logit_scores(logits, targets)
-            each_chunk(logits, targets)
+            if each_chunk is not None:
+                each_chunk(logits, targets)
         nll_sum -= float(log_probs.double().sum())
         correct += int(hits.sum())
         count += targets.numel()
         chars += float(char_lengths.to(targets.device)[targets].sum()) if char_lengths is not None else targets.numel()
     return nll_sum, correct, count, chars
-
-
-def likelihood_figures(nll_sum: float, correct: int, count: int, chars: float) -> dict[str, float]:
-    """Loss and perplexity per token, bits per token (``bpt``) and per character (``bpc``)."""
-    loss = nll_sum / count
-    return {"loss": loss, "ppl": math.exp(loss), "bpt": loss / math.log(2), "bpc": nll_sum / math.log(2) / chars,
-            "acc": correct / count, "tokens": count, "chars": chars}
 
 
 def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096, char_lengths: torch.Tensor | None = None,
@@ -104,4 +87,7 @@ def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096, char_lengths
     has no context, so ``len(ids) - 1`` tokens are scored."""
     if ids.numel() < 2:
         raise ConfigError("the text to score needs at least two tokens")
-    return likelihood_figures(*score_totals(net, ids, 1, chunk, char_lengths, each_chunk))
+    nll_sum, correct, count, chars = score_totals(net, ids, 1, chunk, char_lengths, each_chunk)
+    loss = nll_sum / count
+    return {"loss": loss, "ppl": math.exp(loss), "bpt": loss / math.log(2), "bpc": nll_sum / math.log(2) / chars,
+            "acc": correct / count, "tokens": count, "chars": chars}

@@ -19,6 +19,7 @@ from rnnlm.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 TRAIN_HINT = "train one with `make train` (or `python train.py`), or pass ckpt=<path to a .ckpt file>"
+OTHER_HINT = "use another checkpoint of the run (sample.py ckpt=<its run dir> picks the newest that loads)"
 
 
 @dataclass
@@ -39,9 +40,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise CheckpointError(f"device={device!r} is not a device; use auto, cpu or cuda") from None
-
-
-OTHER_HINT = "use another checkpoint of the run (sample.py ckpt=<its run dir> picks the newest that loads)"
 
 
 def checkpoints_under(root: Path) -> list[Path]:
@@ -79,14 +77,13 @@ def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = N
         raise CheckpointError(f"{option}={path} does not exist; {hint}", "it does not exist")
     if path.is_dir():
         raise CheckpointError(f"{option}={path} is a directory; pass a .ckpt file in it, or its run dir to sample.py", "a directory")
+    unreadable = f"{path} is not a readable checkpoint (truncated or corrupted?)"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if unsafe is None:  # torch reports garbage through the same exception
-            raise CheckpointError(
-                f"{path} is not a readable checkpoint (truncated or corrupted?); {other}", "unreadable"
-            ) from None
+            raise CheckpointError(f"{unreadable}; {other}", "unreadable") from None
         raise CheckpointError(
             f"refused to load {path}: it holds a pickled object ({unsafe.group(1)}), not only tensors "
             "and plain data; nothing in it was run. Load only checkpoints that rnnlm wrote",
@@ -95,14 +92,9 @@ def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = N
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EPERM, errno.EIO):
             raise CheckpointError(f"{option}={path} cannot be read ({err.strerror}); {other}", err.strerror) from None
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or corrupted?); {other}", "unreadable"
-        ) from None
+        raise CheckpointError(f"{unreadable}; {other}", "unreadable") from None
     except Exception as err:  # torch raises many kinds for truncated or foreign files
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated or corrupted?): "
-            f"{type(err).__name__}; {other}", "unreadable"
-        ) from None
+        raise CheckpointError(f"{unreadable}: {type(err).__name__}; {other}", "unreadable") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("rnnlm_format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not an rnnlm checkpoint (format {CHECKPOINT_FORMAT}); {hint}", "not an rnnlm checkpoint"

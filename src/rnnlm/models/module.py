@@ -82,7 +82,7 @@ class LanguageModel(pl.LightningModule):
         object.__setattr__(self, "train_loss", torch.compile(self.net.loss) if compile else self.net.loss)
         object.__setattr__(self, "eval_scores", torch.compile(self.net.target_scores) if compile else self.net.target_scores)
         self.metrics = torch.nn.ModuleDict({f"{split}_{name}": MeanMetric() for split in ("val", "test")
-                                            for name in ("loss", "acc", "chars", "loss_stateful", "chars_stateful")})
+                                            for name in ("loss", "acc", "chars")})
         # Characters each id stands for (bits per character); from the tokenizer, not saved.
         lengths = Tokenizer.from_dict(tokenizer).char_lengths()
         self.register_buffer("char_lengths", torch.tensor(lengths, dtype=torch.float32), persistent=False)
@@ -153,19 +153,13 @@ class LanguageModel(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if not self.hparams.get("stateful_eval_lanes") or datamodule is None or self.trainer.sanity_checking:
             return
-        tokens = datamodule.tokens[split]
-        part = tokens.tensor_split(self.trainer.world_size)[self.trainer.global_rank]
+        part = datamodule.tokens[split].tensor_split(self.trainer.world_size)[self.trainer.global_rank]
         lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
-        nll_sum, _, count, chars = score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths)
-        loss_metric, chars_metric = self.metrics[f"{split}_loss_stateful"], self.metrics[f"{split}_chars_stateful"]
-        loss_metric.update(torch.tensor(nll_sum / count), weight=count)
-        chars_metric.update(torch.tensor(chars / count), weight=count)
-        loss, chars_per_token = loss_metric.compute(), chars_metric.compute()
-        loss_metric.reset()
-        chars_metric.reset()
-        self.log(f"{split}/loss_stateful", loss, sync_dist=True)
-        self.log(f"{split}/bpt_stateful", loss / LN2, sync_dist=True)
-        self.log(f"{split}/bpc_stateful", loss / LN2 / chars_per_token, sync_dist=True)
+        totals = score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths)
+        # Summed over the ranks' parts: the figures of the whole split.
+        nll_sum, _, count, chars = self.trainer.strategy.reduce(torch.tensor(totals, device=self.device), reduce_op="sum")
+        for name, value in {"loss": nll_sum / count, "bpt": nll_sum / count / LN2, "bpc": nll_sum / chars / LN2}.items():
+            self.log(f"{split}/{name}_stateful", value, sync_dist=True)
 
     # The stateful pass runs at epoch start, after every callback's: a weight-averaging
     # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.models.calibration's

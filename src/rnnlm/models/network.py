@@ -18,11 +18,9 @@ from rnnlm.utils.options import check_args
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # The RNNLM arguments that leave the weights' shapes as they are: a run may resume with others.
 SHAPE_FREE_ARGUMENTS = ("dropout", "input_dropout", "onehot_max_vocab")
-
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: int, embedding_dim: int | None,

@@ -62,7 +62,7 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
 def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
     plan = decode_plan(cfg, tokenizer, lambda: read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or "")
-    prompt, settings, length, ids, stop, beam = plan.prompt, plan.settings, plan.length, plan.ids, plan.stop, plan.beam
+    prompt, settings, length, ids, stop, beam = plan.prompt, plan.settings, plan.length, plan.ids, plan.stop, plan.settings.beam
     keep = cfg.get("keep_tokens")
     n = cfg.num_samples
     echo = bool(cfg.get("stream", True)) and n == 1 and not beam

@@ -35,11 +35,11 @@ def free_space(directory: Path) -> str:
         free = shutil.disk_usage(directory).free
     except OSError:
         return "free space unknown"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if free < 1024 or unit == "GB":
+    for unit in ("bytes", "KB", "MB"):
+        if free < 1024:
             return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
         free /= 1024
-    return ""  # unreachable
+    return f"{free:.1f} GB free"
 
 
 def disk_error(path: Path | None, err: OSError, kept: str = "", directory: Path | None = None,
@@ -73,7 +73,8 @@ def atomic_open(path: str | Path, mode: str = "w", kept: str = "", **kwargs: Any
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; the run's files are for everyone who can read the dir
         os.replace(tmp, path)
     except BaseException as err:
-        _remove(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         cause = os_error_in(err)
         if cause is not None:
             raise disk_error(path, cause, kept) from None
@@ -132,11 +133,6 @@ def write_with(path: str | Path, writer: Callable[[IO[bytes]], None], kept: str 
     """``writer(handle)`` fills a binary file that then atomically becomes ``path``."""
     with atomic_open(path, "wb", kept=kept) as handle:
         writer(handle)
-
-
-def _remove(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def fsync_dir(directory: Path) -> None:

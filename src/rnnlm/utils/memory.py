@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -14,9 +15,8 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
 
-_applied: bool | None = None
 
-
+@functools.cache  # applied once per process; later calls report the first one's outcome
 def keep_freed_memory() -> bool:
     """Tell glibc to keep freed memory in the heap instead of returning it to the OS.
 
@@ -27,10 +27,6 @@ def keep_freed_memory() -> bool:
     heap and never trimming it keeps those pages mapped. Set ``RNNLM_MALLOC_TUNING=0`` to
     turn it off; a no-op off glibc. Returns whether the setting is active.
     """
-    global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
     if os.environ.get("RNNLM_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -43,6 +39,5 @@ def keep_freed_memory() -> bool:
     # instead serves every block from the heap, which the trim threshold then keeps.
     ok = mallopt(M_MMAP_MAX, 0) == 1
     ok = mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1 and ok
-    _applied = ok
     log.debug("glibc malloc tuning %s", "applied" if ok else "refused")
     return ok

@@ -84,9 +84,8 @@ def _single_layers(rnn: nn.RNNBase) -> list[nn.RNNBase]:
     for layer in range(rnn.num_layers):
         single = type(rnn)(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size, 1, batch_first=True,
                            **({"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}))
-        names = [f"{kind}_{part}_l{layer}" for kind in ("weight", "bias") for part in ("ih", "hh")]
-        single.load_state_dict({name.replace(f"_l{layer}", "_l0"): getattr(rnn, name) for name in names})
-        layers.append(single.to(getattr(rnn, names[0]).device).eval())
+        single.load_state_dict(dict(zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), rnn.all_weights[layer])))
+        layers.append(single.to(rnn.weight_ih_l0.device).eval())
     return layers
 
 
@@ -117,8 +116,8 @@ def _lstm_cells(rnn: nn.LSTM, layer: int, inputs: torch.Tensor, hidden: torch.Te
     of every step in one product (each step's previous hidden state is known), then the cell
     recurrence c = f * c + i * g, which is element-wise."""
     previous = torch.cat([hidden.new_zeros(1, hidden.size(1)), hidden[:-1]])
-    gates = (inputs.float() @ getattr(rnn, f"weight_ih_l{layer}").float().T + getattr(rnn, f"bias_ih_l{layer}").float()
-             + previous.float() @ getattr(rnn, f"weight_hh_l{layer}").float().T + getattr(rnn, f"bias_hh_l{layer}").float())
+    w_ih, w_hh, b_ih, b_hh = (weight.float() for weight in rnn.all_weights[layer])
+    gates = inputs.float() @ w_ih.T + b_ih + previous.float() @ w_hh.T + b_hh
     i, f, g, _ = gates.chunk(4, dim=1)
     i, f, g = i.sigmoid(), f.sigmoid(), g.tanh()
     cells = torch.empty_like(i)

@@ -103,34 +103,29 @@ class Catalogue:
 
     def entries(self) -> list[Entry]:
         with self._listing:  # requests list from several threads; the descriptions are shared
-            return self._entries()
-
-    def _entries(self) -> list[Entry]:
-        found: dict[Path, str] = {}
-        if self.extra is not None:
-            found[self.extra] = self.extra.name if self.extra.parent == self.root else str(self.extra)
-        if self.root.is_dir():
-            try:
-                listed = checkpoints_under(self.root)
-            except OSError:  # a checkpoint removed while listing (top-k pruning): the next call sees the rest
-                listed = []
-            for path in listed:
-                found.setdefault(path, path.relative_to(self.root).as_posix())
-        self._described = {key: entry for key, entry in self._described.items() if key[0] in found}
-        entries = []
-        for path, entry_id in found.items():
-            try:
-                stat = path.stat()
-                key = (path, stat.st_mtime_ns, stat.st_size)
-                if key not in self._described:
-                    self._described[key] = describe(path, entry_id)
-                entries.append(self._described[key])
-            except (CheckpointError, OSError) as err:
-                log.warning("skipped %s (%s)", path, getattr(err, "reason", err))
-        entries.sort(key=lambda e: e.mtime, reverse=True)
-        if self.extra is not None:  # the one asked for comes first: it is what the page opens with
-            entries.sort(key=lambda e: e.path != self.extra)
-        return entries
+            found: dict[Path, str] = {}
+            if self.extra is not None:
+                found[self.extra] = self.extra.name if self.extra.parent == self.root else str(self.extra)
+            if self.root.is_dir():
+                try:
+                    listed = checkpoints_under(self.root)
+                except OSError:  # a checkpoint removed while listing (top-k pruning): the next call sees the rest
+                    listed = []
+                for path in listed:
+                    found.setdefault(path, path.relative_to(self.root).as_posix())
+            self._described = {key: entry for key, entry in self._described.items() if key[0] in found}
+            entries = []
+            for path, entry_id in found.items():
+                try:
+                    stat = path.stat()
+                    key = (path, stat.st_mtime_ns, stat.st_size)
+                    if key not in self._described:
+                        self._described[key] = describe(path, entry_id)
+                    entries.append(self._described[key])
+                except (CheckpointError, OSError) as err:
+                    log.warning("skipped %s (%s)", path, getattr(err, "reason", err))
+            # Newest first, and the one ckpt= named before all: it is what the page opens with.
+            return sorted(entries, key=lambda e: (e.path != self.extra, -e.mtime))
 
     def entry(self, entry_id: Any) -> Entry:
         for entry in self.entries():

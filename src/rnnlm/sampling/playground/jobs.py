@@ -34,9 +34,7 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
     start = time.perf_counter()
     first_ms = None
     tokenizer, net = model.loaded.tokenizer, model.net
-    nll = torch.zeros(num_samples, dtype=torch.float64)
-    count = 0
-    if plan.beam:
+    if plan.settings.beam:
         result = beam_search(net, plan.ids, plan.length, num_samples, plan.settings, seed, should_stop=cancelled.is_set)
         for i, tokens in enumerate(result.tokens):
             if cancelled.is_set():  # its client left: no tables for nobody
@@ -45,11 +43,11 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
             tail = slice(len(details["prob"]) - len(tokens), None)
             yield {"type": "beam", "stream": i, "ids": tokens, "pieces": token_pieces(tokenizer, tokens),
                    "p": details["prob"][tail], "top": [details["top_ids"][tail], details["top_probs"][tail]]}
-            count += len(tokens)
-        nll = torch.tensor(result.nll, dtype=torch.float64) * torch.tensor([max(len(t), 1) for t in result.tokens])
         first_ms = (time.perf_counter() - start) * 1000
-        counts = [len(t) for t in result.tokens]
+        generated, nll_per_token = sum(len(t) for t in result.tokens), result.nll
     else:
+        nll = torch.zeros(num_samples, dtype=torch.float64)
+        count = 0
         pieces = [tokenizer.streamer() for _ in range(num_samples)]
         greedy = is_greedy(plan.settings)
         for tokens, logits in steps(net, plan.ids, plan.length, num_samples, plan.settings, seed):
@@ -71,12 +69,12 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
                 first_ms = (time.perf_counter() - start) * 1000
             yield {"type": "step", "ids": ids, "pieces": [pieces[i](t) for i, t in enumerate(ids)],
                    "p": rounded(chosen_raw), "q": rounded(chosen_adjusted), "top": top, "atop": atop}
-        counts = [count] * num_samples
+        generated, nll_per_token = count * num_samples, (nll / max(count, 1)).tolist()
     seconds = time.perf_counter() - start
-    yield {"type": "done", "seed": seed, "tokens": sum(counts), "seconds": round(seconds, 4),
+    yield {"type": "done", "seed": seed, "tokens": generated, "seconds": round(seconds, 4),
            "first_ms": None if first_ms is None else round(first_ms, 2), "stopped": cancelled.is_set(),
-           "nll_per_token": [round(float(n) / max(c, 1), 5) for n, c in zip(nll.tolist(), counts)],
-           "tokens_per_s": round(sum(counts) / seconds, 1) if seconds > 0 else None}
+           "nll_per_token": [round(n, 5) for n in nll_per_token],
+           "tokens_per_s": round(generated / seconds, 1) if seconds > 0 else None}
 
 
 def score_job(model: PlaygroundModel, text: str, settings: DecodeSettings, unknown: str) -> dict[str, Any]:
