@@ -87,6 +87,14 @@ def test_ambiguous_text_is_one_error_line(monkeypatch, capsys):
         "(in a sweep or list, quote each item: -m \"prompt='a','b'\")"]
 
 
+def test_bytes_that_are_not_utf8_are_one_error_line(tmp_path):
+    """``prompt=$'ab\\xffcd'``: Python hands the byte over as a lone surrogate."""
+    result = run_script("sample.py", "prompt=ab\udcffcd", "ckpt=/nonexistent.ckpt", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("error: prompt= holds bytes that are not UTF-8 (at character 2); "
+                                                     "pass UTF-8 text, or put it in a file (prompt_file=, text_file=)")
+
+
 @pytest.mark.slow
 def test_train_cli_takes_a_non_ascii_corpus_path(tmp_path, corpus_text):
     corpus = tmp_path / "pièces de théâtre" / "josé.txt"

@@ -84,6 +84,7 @@ def test_length_zero_and_bounded_memory(tmp_path, trained):
     [
         (["temperature=-1"], ConfigError, "temperature=-1"),
         (["top_p=1.5"], ConfigError, r"top_p=1.5 is not allowed: it must be a finite number > 0 and <= 1"),
+        (["mode=train"], ConfigError, r"mode='train' is not allowed: it must be one of generate, score, serve"),
         (["top_k=0"], ConfigError, r"top_k=0"),
         (["strategy=beam", "beam_width=0"], ConfigError, "beam_width=0"),
         (["length=-5"], ConfigError, "length=-5"),

@@ -21,7 +21,7 @@ from rnnlm.models.loading import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.files import disk_error, streamed, write_text
 from rnnlm.utils.memory import keep_freed_memory
-from rnnlm.utils.options import check_config, existing_file
+from rnnlm.utils.options import check_config, existing_path
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def read_text_option(cfg: DictConfig, text_key: str, file_key: str, exclusive: b
         raise ConfigError(f"pass either {text_key}= or {file_key}=, not both")
     if not file:
         return None if inline is None else str(inline)
-    path = existing_file(file_key, to_absolute_path(str(file)), "pass a UTF-8 text file")
+    path = existing_path(file_key, to_absolute_path(str(file)), "pass a UTF-8 text file")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -115,8 +115,6 @@ def sample(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Generate (``mode=generate``) or score (``mode=score``); write ``result.json`` to the run dir."""
     keep_freed_memory()
     check_config(cfg)
-    if cfg.mode not in ("generate", "score"):
-        raise ConfigError(f"mode={cfg.mode!r}; use 'generate', 'score' or 'serve'")
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     loaded = load(cfg)

@@ -17,7 +17,7 @@ from rnnlm.models.loading import newest_loadable, read_checkpoint
 from rnnlm.models.module import NETWORK_ARGUMENTS, NETWORK_DEFAULTS
 from rnnlm.models.network import SHAPE_FREE_ARGUMENTS
 from rnnlm.utils.errors import RnnlmError
-from rnnlm.utils.options import existing_file
+from rnnlm.utils.options import existing_path
 from rnnlm.utils.rundir import CHECKPOINT_DIR, RESUME_HINT
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, resuming: bool = False) 
             log.warning("ckpt_path=last: no checkpoint in %s yet; starting from scratch", directory)
             return None
         return newest_loadable(directory, option, hint)
-    path = existing_file("ckpt_path", ckpt_path, CKPT_PATH_HINT)
+    path = existing_path("ckpt_path", ckpt_path, CKPT_PATH_HINT)
     return path, read_checkpoint(path, "ckpt_path", CKPT_PATH_HINT)
 
 

@@ -10,7 +10,7 @@ request value (:func:`check_value`), and the constructors (``RNNLM``, ``CorpusDa
 Python is held to the same rules. What relates two options (``top_k`` against the vocabulary,
 ``num_samples`` against ``beam_width``) is checked where both are known.
 ``tests/test_options.py`` walks the composed configs and fails for a numeric option without a
-rule or without both bounds. Paths: :func:`existing_file` and :func:`existing_dir`.
+rule or without both bounds. Paths: :func:`existing_path`.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ OPTIONS: dict[str, Rule] = {
     "callbacks.*.patience": count(BIG, low=0),
     "callbacks.*.min_delta": Number(0, 1e6),
     # sample.py, and the playground's requests
+    "mode": Choice(("generate", "score", "serve")),
     "strategy": Choice(STRATEGIES),
     "unknown": Choice(("replace", "error")),
     "length": count(10**8, low=0),  # tokens per sample; beam search is held to less (generation.plan)
@@ -266,34 +267,20 @@ def check_args(section: str, **values: Any) -> None:
             check_value(key, value)
 
 
-def _describe_problem(path: Path) -> str | None:
+def existing_path(option: str, value: Any, fix: str, directory: bool = False) -> Path:
+    """``value`` as a readable file (a listable directory with ``directory``), else a one-line
+    error that tells a missing path from one of the wrong kind or one that cannot be read."""
+    path = Path(str(value)).expanduser()
     if not path.exists():
-        return "does not exist"
-    if not os.access(path, os.R_OK):
-        return "cannot be read (permission denied)"
-    return None
-
-
-def existing_file(option: str, value: Any, fix: str) -> Path:
-    """``value`` as a readable file, else a one-line error: missing, a directory, unreadable."""
-    path = Path(str(value)).expanduser()
-    problem = _describe_problem(path)
-    if problem is None and path.is_dir():
-        problem = "is a directory, not a file"
-    elif problem is None and not path.is_file():
-        problem = "is not a regular file"
-    if problem:
-        raise ConfigError(f"{option}={path} {problem}; {fix}")
-    return path
-
-
-def existing_dir(option: str, value: Any, fix: str) -> Path:
-    path = Path(str(value)).expanduser()
-    problem = _describe_problem(path)
-    if problem is None and not path.is_dir():
-        problem = "is a file, not a directory"
-    if problem is None and not os.access(path, os.X_OK):
+        problem = "does not exist"
+    elif not os.access(path, os.R_OK):
+        problem = "cannot be read (permission denied)"
+    elif directory != path.is_dir():
+        problem = "is a file, not a directory" if directory else "is a directory, not a file"
+    elif directory and not os.access(path, os.X_OK):
         problem = "cannot be listed (permission denied)"
-    if problem:
-        raise ConfigError(f"{option}={path} {problem}; {fix}")
-    return path
+    elif not directory and not path.is_file():
+        problem = "is not a regular file"
+    else:
+        return path
+    raise ConfigError(f"{option}={path} {problem}; {fix}")

@@ -18,6 +18,7 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # whitespace Hydra would strip, charac
 # What makes a value Hydra syntax rather than text: a sweep's comma, a list, a dict, a function
 # call (choice(...), range(...)) or an interpolation.
 HYDRA_SYNTAX = re.compile(r",|\$\{|^\s*[\[{]|^\s*\w+\(.*\)\s*$", re.DOTALL)
+TEXT_OPTIONS = ("prompt", "stop", "text")  # sample.py's options that hold text, not paths
 FLAGS_WITH_VALUES = {"-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir", "--experimental-rerun"}
 
 
@@ -63,6 +64,12 @@ def quote_text_overrides(args: Sequence[str]) -> list[str]:
             result.append(arg)
             continue
         key, sep, value = arg.partition("=")
+        if key.lstrip("+~") in TEXT_OPTIONS:  # a path may hold any bytes; text must be UTF-8
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:  # undecodable bytes reach sys.argv as lone surrogates
+                raise ConfigError(f"{key}= holds bytes that are not UTF-8 (at character {err.start}); "
+                                  "pass UTF-8 text, or put it in a file (prompt_file=, text_file=)") from None
         if sep and not _hydra_reads(arg, value):
             if HYDRA_SYNTAX.search(value):
                 raise ConfigError(

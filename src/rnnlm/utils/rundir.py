@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.utils.errors import ConfigError, RnnlmError
 from rnnlm.utils.files import NO_SPACE, DiskError, free_space
-from rnnlm.utils.options import existing_dir
+from rnnlm.utils.options import existing_path
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".rnnlm.lock"
@@ -52,7 +52,7 @@ WRITE_TEST_BYTES = 64 * 1024  # a disk with less free space than this cannot hol
 def check_resume_dir(resume_dir: Any) -> Path:
     """``resume_dir`` is an existing run dir with a checkpoint in it; whether one loads is
     decided when the run reads it (``rnnlm.training.resume``), so it is read once."""
-    run_dir = existing_dir("resume_dir", resume_dir, RESUME_HINT)
+    run_dir = existing_path("resume_dir", resume_dir, RESUME_HINT, directory=True)
     checkpoints = run_dir / CHECKPOINT_DIR
     if (run_dir / ".hydra").is_dir() and not any(checkpoints.glob("*.ckpt")):
         raise ConfigError(f"resume_dir={run_dir} is a run that ended before its first checkpoint: there is nothing to "

@@ -47,7 +47,7 @@ from rnnlm.utils.options import check_value
 log = logging.getLogger(__name__)
 PAGE_DIR = Path(__file__).with_name("page")
 
-# Caps: a request past one gets a one-line error saying so (sample.py has none of them).
+# Caps: a request past one gets a one-line error saying so (sample.py's bounds are wider).
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPT_CHARS = 10_000
 MAX_TEXT_CHARS = 20_000
@@ -211,8 +211,7 @@ class Playground:
             caps.append(("beam_width", MAX_BEAM_WIDTH))
         for key, cap in caps:
             if settings[key] > cap:
-                raise ConfigError(f"{key}={settings[key]} is above the playground's cap of {cap}; "
-                                  f"sample.py {key}={settings[key]} has none")
+                raise ConfigError(f"{key}={settings[key]} is above the playground's cap of {cap} (sample.py allows more)")
         prompt = checked_text(data, "prompt", MAX_PROMPT_CHARS, required=False) if "prompt" in data else \
             str(self.defaults.get("prompt") or "")
         return decode_plan(settings, tokenizer, lambda: prompt, MAX_BEAM_LENGTH), settings

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from rnnlm.models.loading import TRAIN_HINT, read_checkpoint
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.memory import keep_freed_memory
-from rnnlm.utils.options import check_config, existing_dir
+from rnnlm.utils.options import check_config, existing_path
 
 if TYPE_CHECKING:  # the web stack is an optional extra: imported where it is used
     from starlette.applications import Starlette
@@ -78,7 +78,7 @@ def catalogue_from(cfg: DictConfig) -> Catalogue:
             read_checkpoint(extra, mmap=True)  # a missing or unreadable ckpt= is an error, as for sampling
         root = Path(to_absolute_path(str(cfg.get("checkpoints") or "outputs")))
         if extra is None:
-            existing_dir("checkpoints", root, f"{TRAIN_HINT}; or pass checkpoints=<dir holding runs>")
+            existing_path("checkpoints", root, f"{TRAIN_HINT}; or pass checkpoints=<dir holding runs>", directory=True)
     catalogue = Catalogue(root, extra, cfg.get("device", "auto"))
     entries = catalogue.entries()
     if not entries:
