@@ -54,11 +54,11 @@ def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Calla
                 max_beam_length: int = MAX_BEAM_LENGTH) -> DecodePlan:
     """Check ``cfg``'s decoding options against the checkpoint's vocabulary (one-line errors),
     then read the prompt and encode it and the stop string."""
-    settings = settings_from(cfg).validate(len(tokenizer), cfg.num_samples)
-    length = cfg.length
+    settings = settings_from(cfg).validate(len(tokenizer), cfg["num_samples"])
+    length = cfg["length"]
     check_value("length", length)
     if settings.beam and length > max_beam_length:
         raise ConfigError(f"length={length} is too long for beam search (at most {max_beam_length}); use strategy=sample")
     prompt = read_prompt()
     return DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),
-                      encode_stop(tokenizer, cfg.stop) if cfg.get("stop") else [])
+                      encode_stop(tokenizer, cfg["stop"]) if cfg.get("stop") else [])

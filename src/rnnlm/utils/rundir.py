@@ -8,6 +8,7 @@ files) before any of our code runs. It also sums up a multirun's failed jobs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -17,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -155,12 +157,16 @@ def drop_pending_config() -> None:
         shutil.rmtree(pending, ignore_errors=True)
 
 
-def _fail(err: RnnlmError) -> None:
-    """Report as the entry points do; Hydra turns a callback's exceptions into warnings."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise err
-    print(f"error: {err}", file=sys.stderr, flush=True)
-    sys.exit(err.exit_code)
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """Our errors reported as the entry points do: Hydra would turn a callback's exceptions into warnings."""
+    try:
+        yield
+    except RnnlmError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
 
 
 def job_failures(sweep_dir: Path) -> list[tuple[str, str]]:
@@ -182,28 +188,22 @@ class RunDirGuard(Callback):
     """Hydra callback: check the run dir and take its lock before Hydra writes into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
+        with reported():
             resume_dir = OmegaConf.select(config, "resume_dir", default=None)
             if resume_dir:
                 check_resume_dir(resume_dir)
             if not is_launched_rank():
                 claim(Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute())
-        except RnnlmError as err:
-            _fail(err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_launched_rank():  # the sweep dir: a second sweep into it would mix its jobs' files
-            try:
+            with reported():
                 claim(Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute())
-            except RnnlmError as err:
-                _fail(err)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN and not is_launched_rank():
-            try:
+            with reported():
                 lock(Path(config.hydra.runtime.output_dir))
-            except RnnlmError as err:
-                _fail(err)
 
     def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:

@@ -37,8 +37,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rnnlm.data.tokenizers import Tokenizer
-from rnnlm.generation.decoding import DecodeSettings
-from rnnlm.generation.plan import DecodePlan, decode_plan
+from rnnlm.generation.plan import DecodePlan, decode_plan, settings_from
 from rnnlm.sampling.playground.catalogue import Catalogue, PlaygroundModel
 from rnnlm.sampling.playground.jobs import cell_job, find_job, generation_events, score_job
 from rnnlm.utils.errors import CheckpointError, ConfigError, RnnlmError
@@ -95,15 +94,11 @@ async def read_json(request: Request, allowed: tuple[str, ...]) -> dict[str, Any
     asking, is refused."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise ConfigError("send the request as JSON (Content-Type: application/json)")
-    too_big = f"the request is over {MAX_BODY_BYTES} bytes; the playground takes at most {MAX_BODY_BYTES}"
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
-        raise ConfigError(too_big)
     body = b""
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # read up to the cap, whatever Content-Length claims
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise ConfigError(too_big)
+            raise ConfigError(f"the request is over {MAX_BODY_BYTES} bytes; the playground takes at most {MAX_BODY_BYTES}")
     try:
         data = json.loads(body or b"{}")
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
@@ -194,20 +189,20 @@ class Playground:
         model = await self.model(data)
         return FiniteJSONResponse(model.info())
 
-    def settings(self, data: dict[str, Any], keys: tuple[str, ...]) -> Options:
+    def settings(self, data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
         """The request's values for ``keys`` over the defaults, each checked by the rule
         sample.py's option of that name has. Plain values: a client's text never goes
         through OmegaConf, which would resolve ``${...}`` in it."""
-        options = Options({k: self.defaults.get(k) for k in keys}, unknown=self.defaults["unknown"] or "replace")
+        options = {**{k: self.defaults.get(k) for k in keys}, "unknown": self.defaults["unknown"] or "replace"}
         options.update({k: data[k] for k in keys if k in data})
         for key in keys:
             check_value(key, options[key])
         return options
 
-    def plan(self, data: dict[str, Any], tokenizer: Tokenizer) -> tuple[DecodePlan, Options]:
+    def plan(self, data: dict[str, Any], tokenizer: Tokenizer) -> tuple[DecodePlan, dict[str, Any]]:
         settings = self.settings(data, tuple(k for k in GENERATION_KEYS if k != "prompt"))
         caps = [("length", MAX_LENGTH), ("num_samples", MAX_SAMPLES)]
-        if settings.strategy in ("beam", "stochastic_beam"):
+        if settings_from(settings).beam:
             caps.append(("beam_width", MAX_BEAM_WIDTH))
         for key, cap in caps:
             if settings[key] > cap:
@@ -220,7 +215,7 @@ class Playground:
         data = await read_json(request, (*GENERATION_KEYS, "ckpt"))
         model = await self.model(data)
         plan, settings = await run_in_threadpool(self.plan, data, model.loaded.tokenizer)
-        seed = settings.seed if settings.seed is not None else random.randrange(2**31)
+        seed = settings["seed"] if settings["seed"] is not None else random.randrange(2**31)
         if not self.slots.acquire(blocking=False):
             raise Busy(f"{MAX_GENERATIONS} generations are running (the playground's limit); try again when one ends")
         loop = asyncio.get_running_loop()
@@ -247,7 +242,7 @@ class Playground:
             pending: list[dict[str, Any]] = []
             flushed = 0.0
             try:
-                for event in generation_events(model, plan, settings.num_samples, seed, cancelled):
+                for event in generation_events(model, plan, settings["num_samples"], seed, cancelled):
                     pending.append(event)
                     now = time.perf_counter()
                     if event["type"] != "step" or now - flushed >= FLUSH_SECONDS or len(pending) >= EVENTS_PER_MESSAGE:
@@ -271,7 +266,7 @@ class Playground:
 
         async def events() -> AsyncIterator[str]:
             try:
-                yield message({"type": "start", "seed": seed, "num_samples": settings.num_samples,
+                yield message({"type": "start", "seed": seed, "num_samples": settings["num_samples"],
                                "strategy": plan.settings.strategy, "prompt": plan.prompt, "unknown": unknown[:20]})
                 while True:
                     batch = await queue.get()
@@ -309,8 +304,7 @@ class Playground:
         text = checked_text(data, "text", MAX_TEXT_CHARS)
         options = self.settings(data, SCORE_SAMPLING_KEYS)
         model = await self.model(data)
-        settings = DecodeSettings(temperature=options.temperature, top_k=options.top_k,
-                                  top_p=options.top_p).validate(len(model.loaded.tokenizer))
+        settings = settings_from(options).validate(len(model.loaded.tokenizer))
         result = await self.compute(score_job, model, text, settings, self.defaults["unknown"] or "replace")
         return FiniteJSONResponse(result)
 
@@ -319,16 +313,6 @@ class Playground:
 
     async def find(self, request: Request) -> Response:
         return await self.analysis(request, (), find_job)
-
-
-class Options(dict):
-    """Checked settings, read as ``options.key`` or ``options.get(key)`` as a config is."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
 
 
 class EventStream(StreamingResponse):

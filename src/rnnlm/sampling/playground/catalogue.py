@@ -7,12 +7,13 @@ sends becomes a path, so only checkpoints under the configured directory (and th
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,12 @@ class PlaygroundModel:
 
     loaded: LoadedModel
     vocabulary: list[str]
-    lock: threading.Lock = field(default_factory=threading.Lock)  # for the states cache below
-    _states: OrderedDict[str, list[dict[str, torch.Tensor]]] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        # The per-layer states of the last two texts: the cell view asks for one unit at a time.
+        encode = self.loaded.tokenizer.encode
+        self.states = functools.lru_cache(maxsize=2)(
+            lambda text: layer_states(self.net, torch.from_numpy(encode(text).astype("int64"))))
 
     @property
     def net(self):
@@ -73,20 +78,6 @@ class PlaygroundModel:
         return {"cell": net.cell, "layers": net.num_layers, "hidden_size": net.hidden_size, "states": state_kinds(net),
                 "tokenizer": tokenizer.kind, "vocab_size": len(tokenizer), "vocabulary": self.vocabulary,
                 "step": self.loaded.global_step}
-
-    def states(self, text: str, ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """:func:`layer_states` of a text, kept for the last few texts: the cell view asks for
-        one unit at a time."""
-        with self.lock:
-            if text in self._states:
-                self._states.move_to_end(text)
-                return self._states[text]
-        found = layer_states(self.net, ids)
-        with self.lock:
-            self._states[text] = found
-            while len(self._states) > 2:
-                self._states.popitem(last=False)
-        return found
 
 
 class Catalogue:

@@ -100,7 +100,7 @@ def _states(model: PlaygroundModel, text: str, unknown: str) -> tuple[list[str],
     ids = text_ids(model.loaded, text, unknown)
     if ids.numel() == 0:
         raise ConfigError("the text is empty: paste some text to look inside the model with")
-    return token_pieces(model.loaded.tokenizer, ids.tolist()), model.states(text, ids)
+    return token_pieces(model.loaded.tokenizer, ids.tolist()), model.states(text)
 
 
 def cell_job(model: PlaygroundModel, text: str, layer: Any, state: Any, unit: Any, unknown: str) -> dict[str, Any]:
