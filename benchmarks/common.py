@@ -71,8 +71,6 @@ PLANS: dict[str, Plan] = {
 }
 
 
-
-
 def median_rate(step_times: Sequence[float], tokens_per_step: int) -> float:
     return tokens_per_step / statistics.median(step_times)
 
@@ -169,8 +167,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "loadavg_1m_start": round(load[0], 2),
     }
-
-
 
 
 def timed(fn: Callable[[], object], reps: int) -> list[float]:

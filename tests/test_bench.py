@@ -76,7 +76,8 @@ def test_derived_figures_agree_with_the_measured_ones(tiny_run: tuple[dict, str]
     assert r["peak_gflops"] == max(r["gemm_by_method"].values()) == r["gemm_by_method"][r["peak_method"]]
     assert r["mfu"] == pytest.approx(r["train_gflops"] / r["peak_gflops"], **close)
     assert r["reference_mfu"] == pytest.approx(r["reference_gflops"] / r["peak_gflops"], **close)
-    assert 0 < r["mfu"] < 1 and 0 < r["reference_mfu"] < 1  # no run beats the machine's own GEMM peak
+    # Against the measured matmul peak: a fused LSTM kernel can pass it (1.08 on EPYC-AVX2, docs/performance.md).
+    assert 0 < r["mfu"] < 2 and 0 < r["reference_mfu"] < 2
     assert r["malloc_tuning_speedup"] == pytest.approx(r["malloc_on_fresh_tokens_per_s"] / r["malloc_off_tokens_per_s"], **close)
     assert r["data_setup_s"] == r["data_by_size"]["1mb"]["setup_s"] and r["sample_streams"] == plan.sample_streams
 

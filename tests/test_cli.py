@@ -92,7 +92,7 @@ def test_bytes_that_are_not_utf8_are_one_error_line(tmp_path):
     result = run_script("sample.py", "prompt=ab\udcffcd", "ckpt=/nonexistent.ckpt", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == ("error: prompt= holds bytes that are not UTF-8 (at character 2); "
-                                                     "pass UTF-8 text, or put it in a file (prompt_file=, text_file=)")
+                                                     "pass UTF-8 text (prompt_file= and text_file= take a UTF-8 file)")
 
 
 @pytest.mark.slow

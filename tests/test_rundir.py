@@ -90,7 +90,7 @@ def test_resume_dir_must_be_a_run_dir_with_a_checkpoint_that_loads(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(ConfigError, match=r"checkpoints/ holds no checkpoint; pass the dir of an earlier run"):
         check_resume_dir(tmp_path)
-    (tmp_path / ".hydra").mkdir()  # a run killed before its first checkpoint
+    (tmp_path / "train.log").write_text("")  # a train.py run killed before its first checkpoint
     with pytest.raises(ConfigError, match=r"is a run that ended before its first checkpoint: there is nothing to resume"):
         check_resume_dir(tmp_path)
     (tmp_path / "checkpoints").rmdir()

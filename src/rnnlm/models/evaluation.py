@@ -1,8 +1,5 @@
-"""Likelihood of a text under a model: loss, perplexity, bits per token and per character, accuracy.
-
-Training's evaluation (``models.module``), calibration (``rnnlm.models.calibration``) and sampling's
-score mode (``rnnlm.sampling.sample``) use it, so it depends on none of them: data <- models <- generation, with this below all three.
-"""
+"""Likelihood of a text under a model: loss, perplexity, bits per token and per character, accuracy;
+what validation (``module.py``), calibration and ``sample.py mode=score`` all report."""
 
 from __future__ import annotations
 

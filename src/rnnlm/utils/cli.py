@@ -93,7 +93,7 @@ def sigterm_interrupts(what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # None: set from C
 
 
 def record_failed_job(err: RnnlmError) -> None:

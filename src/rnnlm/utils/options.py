@@ -181,13 +181,13 @@ OPTIONS: dict[str, Rule] = {
     "strategy": Choice(STRATEGIES),
     "unknown": Choice(("replace", "error")),
     "length": count(10**8, low=0),  # tokens per sample; beam search is held to less (generation.plan)
-    "num_samples": count(2**16),
+    "num_samples": count(256),  # sample.py keeps a file open per stream
     "temperature": Number(0, 100),  # 0 = greedy; at 100 the distribution is already near uniform
     "top_k": count(VOCAB, nullable=True),
     "top_p": Number(0, 1, low_open=True, nullable=True),
     "beam_width": count(1024),
     "length_penalty": Number(-10, 10),  # beam scores are divided by length ** length_penalty
-    "keep_tokens": count(10**8, nullable=True),
+    "keep_tokens": count(10**7, nullable=True),  # x num_samples tokens held in memory
     "port": count(65535, low=0),
 }
 

@@ -68,8 +68,8 @@ def quote_text_overrides(args: Sequence[str]) -> list[str]:
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as err:  # undecodable bytes reach sys.argv as lone surrogates
-                raise ConfigError(f"{key}= holds bytes that are not UTF-8 (at character {err.start}); "
-                                  "pass UTF-8 text, or put it in a file (prompt_file=, text_file=)") from None
+                raise ConfigError(f"{key}= holds bytes that are not UTF-8 (at character {err.start}); pass UTF-8 text "
+                                  "(prompt_file= and text_file= take a UTF-8 file)") from None
         if sep and not _hydra_reads(arg, value):
             if HYDRA_SYNTAX.search(value):
                 raise ConfigError(

@@ -56,7 +56,7 @@ def check_resume_dir(resume_dir: Any) -> Path:
     decided when the run reads it (``rnnlm.training.resume``), so it is read once."""
     run_dir = existing_path("resume_dir", resume_dir, RESUME_HINT, directory=True)
     checkpoints = run_dir / CHECKPOINT_DIR
-    if (run_dir / ".hydra").is_dir() and not any(checkpoints.glob("*.ckpt")):
+    if (run_dir / "train.log").is_file() and not any(checkpoints.glob("*.ckpt")):  # Hydra's log of a train.py run
         raise ConfigError(f"resume_dir={run_dir} is a run that ended before its first checkpoint: there is nothing to "
                           "resume; start a new run without resume_dir=")
     if not checkpoints.is_dir():
@@ -147,7 +147,7 @@ def promote_pending_config() -> None:
     final.mkdir(exist_ok=True)
     for path in pending.iterdir():
         os.replace(path, final / path.name)
-    pending.rmdir()
+    pending.rmdir()  # (ranks > 0 write no config: no other process moves these files)
 
 
 def drop_pending_config() -> None:

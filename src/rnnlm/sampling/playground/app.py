@@ -241,6 +241,7 @@ class Playground:
             # hand-over wakes the event loop, which per token would cost more than the token.
             pending: list[dict[str, Any]] = []
             flushed = 0.0
+            time_limit.start()
             try:
                 for event in generation_events(model, plan, settings["num_samples"], seed, cancelled):
                     pending.append(event)
@@ -259,7 +260,6 @@ class Playground:
 
         try:
             self.generations.submit(work)
-            time_limit.start()
         except RuntimeError:  # shutting down
             self.ended(cancelled)
             raise Busy("the playground is stopping") from None

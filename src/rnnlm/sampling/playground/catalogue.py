@@ -56,6 +56,10 @@ def describe(path: Path, entry_id: str) -> Entry:
     return Entry(entry_id, path, int(checkpoint.get("global_step", 0)), bpc, path.stat().st_mtime)
 
 
+def _states_of(loaded: LoadedModel, text: str) -> list[dict[str, torch.Tensor]]:
+    return layer_states(loaded.net, torch.from_numpy(loaded.tokenizer.encode(text).astype("int64")))
+
+
 @dataclass
 class PlaygroundModel:
     """A loaded checkpoint and what the page asks of it more than once."""
@@ -64,10 +68,8 @@ class PlaygroundModel:
     vocabulary: list[str]
 
     def __post_init__(self) -> None:
-        # The per-layer states of the last two texts: the cell view asks for one unit at a time.
-        encode = self.loaded.tokenizer.encode
-        self.states = functools.lru_cache(maxsize=2)(
-            lambda text: layer_states(self.net, torch.from_numpy(encode(text).astype("int64"))))
+        # The last two texts' per-layer states (the cell view asks for one unit at a time); no closure over self.
+        self.states = functools.lru_cache(maxsize=2)(functools.partial(_states_of, self.loaded))
 
     @property
     def net(self):

@@ -1,4 +1,4 @@
-// The rnnlm playground: talks to the JSON API of rnnlm.playground.app; no libraries, no build step.
+// The rnnlm playground: talks to the JSON API of rnnlm.sampling.playground.app; no libraries, no build step.
 "use strict";
 
 const PASSAGE = `LYSANDER:
