@@ -54,7 +54,7 @@ MAX_LENGTH = 5_000
 MAX_SAMPLES = 8
 MAX_GENERATIONS = 8
 MAX_ANALYSES = 4
-MAX_GENERATION_SECONDS = 300  # longer than the longest generation the caps allow on a 2-core CPU
+MAX_GENERATION_SECONDS = 300  # a generation still running then stops there, keeping its text so far
 EVENTS_PER_MESSAGE = 256
 FLUSH_SECONDS = 0.02  # a generation's steps reach the page in batches at most this far apart
 # What a generation request may set: sample.py's options of the same names.
