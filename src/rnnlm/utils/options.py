@@ -188,7 +188,7 @@ OPTIONS: dict[str, Rule] = {
     "beam_width": count(1024),
     "length_penalty": Number(-10, 10),  # beam scores are divided by length ** length_penalty
     "keep_tokens": count(10**7, nullable=True),  # x num_samples tokens held in memory
-    "port": count(65535, low=0),
+    "port": count(65535, low=0),  # 0: any free port (sampling/playground/server.bind)
 }
 
 SKIPPED_GROUPS = ("hydra", "logger")  # Hydra's own settings; loggers take no numbers we use

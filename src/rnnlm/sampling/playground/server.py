@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from rnnlm.models.loading import TRAIN_HINT, read_checkpoint
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.memory import keep_freed_memory
-from rnnlm.utils.options import check_config, existing_path
+from rnnlm.utils.options import check_config, check_value, existing_path
 
 if TYPE_CHECKING:  # the web stack is an optional extra: imported where it is used
     from starlette.applications import Starlette
@@ -38,8 +38,7 @@ def is_loopback(host: str) -> bool:
 
 def bind(host: str, port: Any) -> socket.socket:
     """A listening socket on ``host:port`` (0: any free port), or a one-line error."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port={port!r}; it must be an integer in [0, 65535] (0 picks a free port)")
+    check_value("port", port)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
