@@ -108,16 +108,6 @@ def test_same_seed_same_samples_and_batch_streams_differ():
     assert a == b and a != c and len({tuple(s) for s in a}) == 4
 
 
-def test_stop_sequence_ends_each_stream():
-    net = random_lstm(3)
-    full = generate(net, [1], 60, 3, DecodeSettings(), seed=0)
-    stop = full.tokens[0][10:12]
-    cut = generate(net, [1], 60, 3, DecodeSettings(), seed=0, stop=stop)
-    assert cut.tokens[0] == full.tokens[0][:12]
-    for short, long in zip(cut.tokens, full.tokens):
-        assert long[: len(short)] == short
-
-
 def test_score_equals_direct_cross_entropy():
     net = random_lstm(4)
     ids = torch.randint(0, 13, (200,))

@@ -23,9 +23,10 @@ from rnnlm.generation.decoding import DecodeSettings
 from rnnlm.generation.decoding import generate as generate_tokens
 from rnnlm.generation.plan import score_text, text_ids
 from rnnlm.generation.prompt import encode_prompt
+from rnnlm.generation.stopping import text_pieces
 from rnnlm.models.loading import load_model
 from rnnlm.models.network import RNNLM
-from rnnlm.sampling.playground.analysis import layer_states, rank_units, token_pieces, token_probabilities
+from rnnlm.sampling.playground.analysis import layer_states, rank_units, token_probabilities
 from rnnlm.sampling.playground.app import MAX_GENERATIONS, MAX_LENGTH, MAX_TEXT_CHARS
 from rnnlm.sampling.playground.server import bind, serve
 from rnnlm.utils.errors import CheckpointError, ConfigError
@@ -99,7 +100,7 @@ def test_token_probabilities_match_the_score(trained, corpus_text):
     assert len(details["prob"]) == ids.numel() - 1 == figures["tokens"]
     assert -sum(math.log(p) for p in details["prob"]) / figures["tokens"] == pytest.approx(figures["loss"], rel=1e-4)
     assert all(row[0] >= row[-1] for row in details["top_probs"]) and len(details["top_ids"][0]) == 5
-    assert "".join(token_pieces(loaded.tokenizer, ids.tolist())) == corpus_text[:3000]
+    assert "".join(text_pieces(loaded.tokenizer, ids.tolist())) == corpus_text[:3000]
 
 
 # ---- the API --------------------------------------------------------------------------
@@ -149,6 +150,26 @@ def test_greedy_and_beam_generations(playground):
     assert wide[-1]["type"] == "done"
     empty = generate(url, prompt="The ", length=0, strategy="beam")  # its NLL is NaN: sent as null
     assert empty[-1]["type"] == "done" and empty[-1]["nll_per_token"] == [None]
+
+
+def test_a_stop_string_ends_each_stream_where_its_text_holds_it(playground):
+    url, _ = playground
+    full = [e for e in generate(url, prompt="ROMEO:", length=80, seed=3, num_samples=3) if e["type"] == "step"]
+    texts = ["".join(s["pieces"][i] for s in full) for i in range(3)]
+    stop = texts[0][20:22]
+    events = generate(url, prompt="ROMEO:", length=80, seed=3, num_samples=3, stop=stop)
+    steps, done = [e for e in events if e["type"] == "step"], events[-1]
+    for i, whole in enumerate(texts):
+        cut = "".join(s["pieces"][i] for s in steps)
+        ids = [s["ids"][i] for s in steps if s["ids"][i] is not None]
+        assert cut == (whole[: whole.find(stop) + len(stop)] if stop in whole else whole)
+        assert ids == [s["ids"][i] for s in full][: len(ids)]
+    assert done["tokens"] == sum(s["ids"][i] is not None for s in steps for i in range(3)) < 240
+    beams = [e for e in generate(url, prompt="ROMEO:", length=40, strategy="beam", num_samples=2, stop="e")
+             if e["type"] == "beam"]
+    assert all("e" not in "".join(b["pieces"])[:-1] for b in beams)
+    refused = httpx.post(url + "api/generate", json={"stop": "🎭"})
+    assert refused.status_code == 400 and "no token of the checkpoint's vocabulary contains" in refused.json()["error"]
 
 
 def test_scoring_gives_the_numbers_of_score_mode(playground, trained):

@@ -91,7 +91,7 @@ def test_length_zero_and_bounded_memory(tmp_path, trained):
         (["prompt='ROMEO 🎭'", "unknown=error"], ConfigError, r"not in the checkpoint's vocabulary: '🎭'"),
         (["mode=score"], ConfigError, "mode=score needs the text"),
         (["keep_tokens=0"], ConfigError, r"keep_tokens=0 is not allowed: it must be an integer >= 1"),
-        (["stop='🎭'"], ConfigError, r"stop='🎭' has 1 char\(s\) not in the checkpoint's vocabulary"),
+        (["stop='🎭'"], ConfigError, r"stop='🎭' has 1 character\(s\) that no token of the checkpoint's vocabulary contains"),
         (["ckpt=/nonexistent/x.ckpt"], CheckpointError, r"/nonexistent/x.ckpt does not exist; train one with `make train`"),
     ],
 )

@@ -389,6 +389,17 @@ def test_a_bpe_model_trains_checkpoints_as_plain_data_and_samples_any_text(tmp_p
         piece = loaded.tokenizer.streamer()
         streamed = "".join(piece(t) for t in [*ids, *tokens])
         assert text.startswith(streamed) and set(text[len(streamed):]) <= {"\ufffd"}, (text, streamed)
+    # stop= ends a stream once its text holds the string, inside a merged token too, cut there.
+    from rnnlm.sampling.sample import sample
+
+    for strategy in ("sample", "beam"):
+        _, found = sample(compose_config("sample", [f"ckpt={objects['last_ckpt']}", "stop=e", "prompt=The", "length=200",
+                                                    f"strategy={strategy}", "num_samples=2", "stream=false", "seed=1"],
+                                         tmp_path / strategy))
+        for i, record in enumerate(found["record"]["samples"]):
+            new = record["text"][len("The"):]
+            assert new.endswith("e") and "e" not in new[:-1] and record["new_tokens"] < 200, new
+            assert (tmp_path / strategy / f"sample_{i}.txt").read_text(encoding="utf-8") == record["text"]
 
 
 def test_vocabulary_settings_are_refused_for_the_wrong_tokenizer():

@@ -17,6 +17,7 @@ import numpy as np
 from rnnlm.utils.options import check_value
 
 UNK = "<unk>"
+_UTF8 = codecs.getincrementaldecoder("utf-8")
 _CHUNK = 1 << 22  # code points encoded per vectorised step; bounds the temporary memory
 # A word or punctuation mark takes the single space before it, as GPT-2's pre-tokenizer does:
 # " the" is one token, so tokens are ~0.65x as many and samples keep their spaces. Other
@@ -56,6 +57,7 @@ class Tokenizer:
         self.start = start  # text that begins a document: what an empty prompt primes with
         self.unk_chars = float(unk_chars)  # mean characters of what <unk> replaced in the train split
         self.index = {tok: i for i, tok in enumerate(self.vocab)}
+        self._characters: frozenset[str] | None = None
 
     def char_lengths(self) -> np.ndarray:
         """Characters of text each id stands for (float64, one per id): bits per character
@@ -76,9 +78,21 @@ class Tokenizer:
         vocab = self.vocab
         return "".join(vocab[int(i)] for i in ids)
 
+    def piece(self, token: int, pending: bytes = b"") -> tuple[str, bytes]:
+        """The text ``token`` adds after ``pending`` (the bytes of a character that earlier
+        tokens began), and the bytes it leaves pending in turn. Explicit state, so a decoder
+        can be copied (beam search reorders its beams)."""
+        return self.vocab[token], b""
+
     def streamer(self) -> Callable[[int], str]:
         """``text(id)`` for ids produced one at a time, in order (sampling's streamed output)."""
         return self.vocab.__getitem__
+
+    def characters(self) -> frozenset[str] | None:
+        """Every character a decoded text can hold (``None``: any, as with bytes)."""
+        if self._characters is None:
+            self._characters = frozenset("".join(self.vocab))
+        return self._characters
 
     def unknown(self, text: str) -> list[str]:
         """The distinct pieces of ``text`` that the vocabulary lacks, in order of appearance."""
@@ -269,11 +283,20 @@ class BPETokenizer(Tokenizer):
     def unknown(self, text: str) -> list[str]:
         return []  # every byte is in the vocabulary
 
+    def characters(self) -> frozenset[str] | None:
+        return None
+
     def decode(self, ids: Iterable[int]) -> str:
         return b"".join(self.token_bytes[int(i)] for i in ids).decode("utf-8", "replace")
 
+    def piece(self, token: int, pending: bytes = b"") -> tuple[str, bytes]:
+        decoder = _UTF8("replace")  # a character may span tokens
+        decoder.setstate((pending, 0))
+        text = decoder.decode(self.token_bytes[token])
+        return text, decoder.getstate()[0]
+
     def streamer(self) -> Callable[[int], str]:
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span tokens
+        decoder = _UTF8("replace")
         return lambda token: decoder.decode(self.token_bytes[token])
 
     def char_lengths(self) -> np.ndarray:

@@ -7,7 +7,6 @@ together; ``beam`` expands all beams in one forward per step.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlm.fastpaths import decoding_step
+from rnnlm.generation.stopping import TextStreams
 from rnnlm.utils.errors import ConfigError
 from rnnlm.utils.options import check_args
 
@@ -166,45 +166,45 @@ def generate(
     num_samples: int = 1,
     settings: DecodeSettings | None = None,
     seed: int | None = None,
-    stop: Sequence[int] = (),
-    on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    text: TextStreams | None = None,
+    on_step: Callable[[list[str]], None] | None = None,
     keep: int | None = None,
 ) -> Generation:
-    """Decode ``length`` new tokens per stream, or until every stream has produced ``stop``.
+    """Decode ``length`` new tokens per stream, or until every stream's text has reached
+    ``text``'s stop string.
 
-    ``on_step(tokens, active)`` sees each step's tokens as they come (e.g. to stream them to
-    a file); ``keep`` bounds how many tokens per stream are returned, so memory stays
-    bounded however long the generation. The returned NLL covers every generated token.
+    ``text`` turns each step's tokens into each stream's new text, which ``on_step(pieces)``
+    sees as it comes (e.g. to stream it to a file; a stream that has ended adds ""); ``keep``
+    bounds how many tokens per stream are returned, so memory stays bounded however long the
+    generation. The returned NLL covers every generated token.
     """
     settings = settings or DecodeSettings()
     if settings.beam:
-        return beam_search(net, prompt, length, num_samples, settings, seed, stop)
+        return beam_search(net, prompt, length, num_samples, settings, seed, text)
     kept: list[torch.Tensor] = []
-    tail: deque[torch.Tensor] = deque(maxlen=max(len(stop), 1))
-    stop_ids = torch.as_tensor(list(stop), dtype=torch.long)
-    active = torch.ones(num_samples, dtype=torch.bool)
+    active = [True] * num_samples
     ends = torch.full((num_samples,), length, dtype=torch.long)  # exclusive end per stream
     nll_sum = torch.zeros(num_samples, dtype=torch.float64)
-    all_active = True  # until a stream stops: skips masking the NLL every step
+    mask = None  # until a stream stops: the NLL needs no masking
     for step, (tokens, logits) in enumerate(steps(net, prompt, length, num_samples, settings, seed)):
         nll = F.cross_entropy(as_float(logits), tokens, reduction="none")  # the model's, at T=1
         if not tokens.is_cpu:
             tokens, nll = tokens.cpu(), nll.cpu()
-        nll_sum += nll if all_active else nll.double() * active
+        nll_sum += nll if mask is None else nll.double() * mask
         if keep is None or len(kept) < keep:
             kept.append(tokens)
+        if text is None:
+            continue
+        pieces = text(tokens.tolist())
         if on_step is not None:
-            on_step(tokens, active)
-        if len(stop):
-            tail.append(tokens)
-            if len(tail) == len(stop):
-                ended = (torch.stack(list(tail), 1) == stop_ids).all(1) & active
-                if bool(ended.any()):
-                    ends[ended] = step + 1
-                    active &= ~ended
-                    all_active = False
-                    if not bool(active.any()):
-                        break
+            on_step(pieces)
+        ended = [i for i, alive in enumerate(active) if alive and text.ended[i]]
+        if ended:
+            ends[ended] = step + 1
+            active = [not e for e in text.ended]
+            mask = torch.tensor(active, dtype=torch.float64)
+            if not any(active):
+                break
     if length == 0:
         return Generation([[] for _ in range(num_samples)], [float("nan")] * num_samples)
     ids = torch.stack(kept, 1)
@@ -222,7 +222,7 @@ def beam_search(
     num_samples: int = 1,
     settings: DecodeSettings | None = None,
     seed: int | None = None,
-    stop: Sequence[int] = (),
+    text: TextStreams | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Generation:
     """Keep the ``beam_width`` most likely continuations by summed log-probability
@@ -230,7 +230,7 @@ def beam_search(
 
     ``stochastic_beam`` samples each beam's candidates from softmax(logits / T) instead of
     taking its top ones, then prunes to the most likely ``beam_width`` as usual. Beams
-    that produce ``stop`` are set aside; the result ranks finished and surviving beams by
+    whose text reaches ``text``'s stop string are set aside; the result ranks finished and surviving beams by
     ``score / length ** length_penalty``.
     """
     settings = settings or DecodeSettings(strategy="beam")
@@ -241,6 +241,8 @@ def beam_search(
     step = decoding_step(net, width)
     scores = torch.zeros(1, device=device)
     seqs = torch.zeros(1, 0, dtype=torch.long, device=device)
+    if text is not None:
+        text.select([0])  # one stream, which the beams copy
     finished: list[tuple[list[int], float]] = []
     for _ in range(length):
         if should_stop is not None and should_stop():
@@ -267,15 +269,18 @@ def beam_search(
             scores = flat[best]
         seqs = torch.cat([seqs[beam_idx], tokens[:, None]], dim=1)
         state = select_state(state, beam_idx)
-        if stop and seqs.size(1) >= len(stop):
-            ended = (seqs[:, -len(stop):] == torch.as_tensor(list(stop), device=device)).all(1)
-            for i in ended.nonzero().flatten().tolist():
-                finished.append((seqs[i].tolist(), float(scores[i])))
-            keep = (~ended).nonzero().flatten()
-            seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]
-            if len(finished) >= width or keep.numel() == 0:
-                break
-            state = select_state(state, keep)
+        if text is not None and text.stop:
+            text.select(beam_idx.tolist())
+            text(tokens.tolist())
+            if any(text.ended):
+                finished += [(seqs[i].tolist(), float(scores[i])) for i, e in enumerate(text.ended) if e]
+                alive = [i for i, e in enumerate(text.ended) if not e]
+                if len(finished) >= width or not alive:
+                    break
+                keep = torch.tensor(alive, device=device)
+                seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]
+                state = select_state(state, keep)
+                text.select(alive)
         logits, state = step(tokens, state)
     pool = finished + list(zip(seqs.tolist(), scores.tolist()))
     ranked = [(s, v, v / float(max(len(s), 1)) ** settings.length_penalty) for s, v in pool]

@@ -1,5 +1,5 @@
 """From settings and text to what the engine takes: a generation's checked plan (settings, prompt
-ids, stop ids) and a text's ids and scores. Shared by ``sample.py`` and the playground."""
+ids, stop string) and a text's ids and scores. Shared by ``sample.py`` and the playground."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.generation.decoding import DecodeSettings
-from rnnlm.generation.prompt import check_known, encode_prompt, encode_stop
+from rnnlm.generation.prompt import check_known, encode_prompt
+from rnnlm.generation.stopping import check_stop
 from rnnlm.models.evaluation import score_ids
 from rnnlm.models.loading import LoadedModel
 from rnnlm.utils.errors import ConfigError
@@ -47,18 +48,18 @@ class DecodePlan:
     length: int
     prompt: str
     ids: list[int]
-    stop: list[int]
+    stop: str  # "" for none
 
 
 def decode_plan(cfg: Mapping[str, Any], tokenizer: Tokenizer, read_prompt: Callable[[], str],
                 max_beam_length: int = MAX_BEAM_LENGTH) -> DecodePlan:
     """Check ``cfg``'s decoding options against the checkpoint's vocabulary (one-line errors),
-    then read the prompt and encode it and the stop string."""
+    and the stop string, then read the prompt and encode it."""
     settings = settings_from(cfg).validate(len(tokenizer), cfg["num_samples"])
     length = cfg["length"]
     check_value("length", length)
     if settings.beam and length > max_beam_length:
         raise ConfigError(f"length={length} is too long for beam search (at most {max_beam_length}); use strategy=sample")
+    stop = check_stop(tokenizer, cfg.get("stop") or "")
     prompt = read_prompt()
-    return DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")),
-                      encode_stop(tokenizer, cfg["stop"]) if cfg.get("stop") else [])
+    return DecodePlan(settings, length, prompt, encode_prompt(tokenizer, prompt, cfg.get("unknown", "replace")), stop)

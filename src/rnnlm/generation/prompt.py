@@ -33,15 +33,3 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | None, unknown: str = "repl
         return ids or [1 if len(tokenizer) > 1 else 0]
     check_known(tokenizer, prompt.rstrip() or prompt, "the prompt", unknown)  # the tail is encoded as context
     return [int(i) for i in tokenizer.encode_context(prompt)]
-
-
-def encode_stop(tokenizer: Tokenizer, stop: str) -> list[int]:
-    """Ids of a stop string as it appears mid-text; a :class:`ConfigError` when a piece of it
-    is not in the vocabulary (the model could never produce it)."""
-    ids = [int(i) for i in tokenizer.encode_context(stop)]
-    if 0 in ids:
-        missing = tokenizer.unknown(stop) or [stop]
-        shown = ", ".join(repr(m) for m in missing[:20])
-        raise ConfigError(f"stop={stop!r} has {len(missing)} {tokenizer.kind}(s) not in the checkpoint's vocabulary: "
-                          f"{shown}; choose a stop string made of text the model was trained on")
-    return ids

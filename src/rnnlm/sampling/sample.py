@@ -10,13 +10,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from rnnlm.generation.decoding import generate
 from rnnlm.generation.plan import decode_plan, score_text, text_ids
 from rnnlm.generation.stats import sample_statistics
+from rnnlm.generation.stopping import TextStreams, through_stop
 from rnnlm.models.loading import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.files import disk_error, streamed, write_text
@@ -62,7 +62,7 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
 def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
     plan = decode_plan(cfg, tokenizer, lambda: read_text_option(cfg, "prompt", "prompt_file", exclusive=False) or "")
-    prompt, settings, length, ids, stop, beam = plan.prompt, plan.settings, plan.length, plan.ids, plan.stop, plan.settings.beam
+    prompt, settings, length, ids, beam = plan.prompt, plan.settings, plan.length, plan.ids, plan.settings.beam
     keep = cfg.get("keep_tokens")
     n = cfg.num_samples
     echo = bool(cfg.get("stream", True)) and n == 1 and not beam
@@ -77,12 +77,9 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
             for f in files:
                 f.write(prompt)
 
-        texts = [tokenizer.streamer() for _ in range(n)]  # per stream: BPE bytes may end mid-character
-
-        def on_step(tokens: torch.Tensor, active: torch.Tensor) -> None:
-            for i, (token, alive) in enumerate(zip(tokens.tolist(), active.tolist())):
-                if alive:
-                    piece = texts[i](token)
+        def on_step(pieces: list[str]) -> None:
+            for i, piece in enumerate(pieces):
+                if piece:
                     try:
                         files[i].write(piece)
                     except OSError as err:
@@ -93,19 +90,21 @@ def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> 
 
         if echo:
             sys.stdout.write(prompt)
-        result = generate(loaded.net, ids, length, n, settings, cfg.get("seed"), stop, on_step=on_step, keep=keep)
+        streams = TextStreams(tokenizer, n, plan.stop)
+        result = generate(loaded.net, ids, length, n, settings, cfg.get("seed"), streams, on_step=on_step, keep=keep)
+        texts = [prompt + through_stop(tokenizer.decode(tokens), plan.stop) for tokens in result.tokens]
         if beam:
-            for f, tokens in zip(files, result.tokens):
-                f.write(prompt + tokenizer.decode(tokens))
+            for f, text in zip(files, texts):
+                f.write(text)
     elapsed = time.perf_counter() - start
     if echo:
         sys.stdout.write("\n")
     generated = sum(len(t) for t in result.tokens) if keep is None or length <= keep else n * length
     stats = sample_statistics(result.tokens, result.nll)
     samples = [
-        {"text": prompt + tokenizer.decode(tokens), "new_tokens": len(tokens), "nll_per_token": nll,
+        {"text": text, "new_tokens": len(tokens), "nll_per_token": nll,
          **({"score": result.scores[i]} if result.scores else {})}
-        for i, (tokens, nll) in enumerate(zip(result.tokens, result.nll))
+        for i, (text, tokens, nll) in enumerate(zip(texts, result.tokens, result.nll))
     ]
     return {"samples": samples, "stats": stats, "seconds": elapsed,
             "tokens_per_s": generated / elapsed if elapsed > 0 else None, "printed": echo}

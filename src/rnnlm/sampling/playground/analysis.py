@@ -20,13 +20,6 @@ CHUNK = 512  # positions per forward: [CHUNK, vocab] probabilities stay small at
 DECIMALS = 5  # probabilities sent to the page
 
 
-def token_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
-    """The text each id adds, in order: they join to ``tokenizer.decode(ids)`` (a byte-level
-    BPE token that ends mid-character adds nothing; the next one completes it)."""
-    piece = tokenizer.streamer()
-    return [piece(int(i)) for i in ids]
-
-
 def vocabulary_pieces(tokenizer: Tokenizer) -> list[str]:
     """Each id's text on its own, for showing candidates (a partial UTF-8 byte shows as U+FFFD)."""
     return [tokenizer.decode([i]) for i in range(len(tokenizer))]

@@ -62,7 +62,7 @@ SCORE_SAMPLING_KEYS = ("temperature", "top_k", "top_p")  # the candidates' secon
 MAX_BEAM_WIDTH = 16  # beams' state and sequences grow with the width
 MAX_BEAM_LENGTH = 1_000  # beam search streams nothing until it ends
 GENERATION_KEYS = ("prompt", "strategy", "temperature", "top_k", "top_p", "length", "seed", "num_samples",
-                   "beam_width", "length_penalty")
+                   "beam_width", "length_penalty", "stop")
 
 
 DEFAULT_KEYS = (*GENERATION_KEYS, "unknown")  # sample.py's options the page starts from

@@ -13,11 +13,11 @@ import torch
 
 from rnnlm.generation.decoding import DecodeSettings, beam_search, is_greedy, sampling_probs, steps
 from rnnlm.generation.plan import DecodePlan, score_text, text_ids
+from rnnlm.generation.stopping import TextStreams, text_pieces
 from rnnlm.sampling.playground.analysis import (
     TokenTable,
     rank_units,
     rounded,
-    token_pieces,
     token_probabilities,
     top_candidates,
 )
@@ -30,46 +30,50 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
     """``{"type": "step", ...}`` per decoding step (each stream's new text, the probability
     of its token at T=1 and under the sampling distribution, and the top candidates of both),
     then ``{"type": "done", ...}``. Beam search, whose beams are reordered until the end,
-    yields one ``{"type": "beam", ...}`` per sample instead. Ends early once ``cancelled``."""
+    yields one ``{"type": "beam", ...}`` per sample instead. A stream whose text reaches the
+    plan's stop string ends there: its later steps have ``ids[i]`` ``None``. Ends early once
+    ``cancelled`` or every stream has ended."""
     start = time.perf_counter()
     first_ms = None
     tokenizer, net = model.loaded.tokenizer, model.net
     if plan.settings.beam:
-        result = beam_search(net, plan.ids, plan.length, num_samples, plan.settings, seed, should_stop=cancelled.is_set)
+        result = beam_search(net, plan.ids, plan.length, num_samples, plan.settings, seed,
+                             TextStreams(tokenizer, 1, plan.stop), should_stop=cancelled.is_set)
         for i, tokens in enumerate(result.tokens):
             if cancelled.is_set():  # its client left: no tables for nobody
                 break
             details = token_probabilities(net, torch.tensor(plan.ids + tokens)) if tokens else {"prob": [], "top_ids": [], "top_probs": []}
             tail = slice(len(details["prob"]) - len(tokens), None)
-            yield {"type": "beam", "stream": i, "ids": tokens, "pieces": token_pieces(tokenizer, tokens),
+            yield {"type": "beam", "stream": i, "ids": tokens, "pieces": text_pieces(tokenizer, tokens, plan.stop),
                    "p": details["prob"][tail], "top": [details["top_ids"][tail], details["top_probs"][tail]]}
         first_ms = (time.perf_counter() - start) * 1000
         generated, nll_per_token = sum(len(t) for t in result.tokens), result.nll
     else:
         nll = torch.zeros(num_samples, dtype=torch.float64)
-        count = 0
-        pieces = [tokenizer.streamer() for _ in range(num_samples)]
+        counts = torch.zeros(num_samples, dtype=torch.float64)
+        text = TextStreams(tokenizer, num_samples, plan.stop)
         greedy = is_greedy(plan.settings)
         for tokens, logits in steps(net, plan.ids, plan.length, num_samples, plan.settings, seed):
-            if cancelled.is_set():
+            if cancelled.is_set() or all(text.ended):
                 break
+            active = torch.tensor([not e for e in text.ended], dtype=torch.float64)
             log_probs = logits.float().log_softmax(-1)
             raw = log_probs.exp()
             adjusted = raw if greedy else sampling_probs(logits, plan.settings)
             rows = torch.arange(num_samples)
             chosen_raw, chosen_adjusted = raw[rows, tokens], adjusted[rows, tokens]
-            nll -= log_probs[rows, tokens].double()  # as sample.py's: the log-softmax, finite
+            nll -= log_probs[rows, tokens].double() * active  # as sample.py's: the log-softmax, finite
+            counts += active
             top, atop = top_candidates(raw), top_candidates(adjusted)
             if greedy:  # the distribution greedy decoding draws from: all on the top token
                 atop = ([row[:1] for row in top[0]], [[1.0] for _ in top[0]])
                 chosen_adjusted = torch.ones_like(chosen_raw)
-            ids = tokens.tolist()
-            count += 1
+            ids = [None if e else t for e, t in zip(text.ended, tokens.tolist())]
             if first_ms is None:
                 first_ms = (time.perf_counter() - start) * 1000
-            yield {"type": "step", "ids": ids, "pieces": [pieces[i](t) for i, t in enumerate(ids)],
+            yield {"type": "step", "ids": ids, "pieces": text(tokens.tolist()),
                    "p": rounded(chosen_raw), "q": rounded(chosen_adjusted), "top": top, "atop": atop}
-        generated, nll_per_token = count * num_samples, (nll / max(count, 1)).tolist()
+        generated, nll_per_token = int(counts.sum()), (nll / counts.clamp(min=1)).tolist()
     seconds = time.perf_counter() - start
     yield {"type": "done", "seed": seed, "tokens": generated, "seconds": round(seconds, 4),
            "first_ms": None if first_ms is None else round(first_ms, 2), "stopped": cancelled.is_set(),
@@ -86,7 +90,7 @@ def score_job(model: PlaygroundModel, text: str, settings: DecodeSettings, unkno
     table = TokenTable(None if is_greedy(settings) else settings)
     figures = score_text(model.loaded, ids, each_chunk=table.add)  # one pass for both
     details, sampled = table.columns, table.settings
-    result = {"figures": figures, "ids": ids.tolist(), "pieces": token_pieces(tokenizer, ids.tolist()),
+    result = {"figures": figures, "ids": ids.tolist(), "pieces": text_pieces(tokenizer, ids.tolist()),
               "p": details["prob"], "top": [details["top_ids"], details["top_probs"]],
               "unknown": tokenizer.unknown(text)[:20]}
     if sampled is not None:
@@ -100,7 +104,7 @@ def _states(model: PlaygroundModel, text: str, unknown: str) -> tuple[list[str],
     ids = text_ids(model.loaded, text, unknown)
     if ids.numel() == 0:
         raise ConfigError("the text is empty: paste some text to look inside the model with")
-    return token_pieces(model.loaded.tokenizer, ids.tolist()), model.states(text)
+    return text_pieces(model.loaded.tokenizer, ids.tolist()), model.states(text)
 
 
 def cell_job(model: PlaygroundModel, text: str, layer: Any, state: Any, unit: Any, unknown: str) -> dict[str, Any]:

@@ -82,6 +82,7 @@ function applyDefaults() {
   $("top_p").value = d.top_p ?? "";
   $("length").value = Math.min(d.length ?? 500, state.limits.length ?? 5000);
   $("seed").value = "";
+  $("stop_at").value = d.stop ?? "";
   $("num_samples").value = Math.min(d.num_samples ?? 1, state.limits.num_samples ?? 8);
   $("cell-text").value = PASSAGE;
   $("score-text").value = PASSAGE;
@@ -184,7 +185,7 @@ function generationRequest() {
     ckpt: state.ckpt, prompt: $("prompt").value, strategy: $("strategy").value,
     temperature: numberOrNull("temperature") ?? 1, top_k: numberOrNull("top_k", true), top_p: numberOrNull("top_p"),
     length: numberOrNull("length", true) ?? 0, seed: numberOrNull("seed", true),
-    num_samples: numberOrNull("num_samples", true) ?? 1,
+    num_samples: numberOrNull("num_samples", true) ?? 1, stop: $("stop_at").value,
     beam_width: Math.min(Math.max(state.defaults.beam_width ?? 5, numberOrNull("num_samples", true) ?? 1),
       state.limits.beam_width ?? 16),
   };
@@ -231,6 +232,7 @@ function colourOf(token) {
 
 function addStep(event, fragments) {
   event.ids.forEach((id, i) => {
+    if (id == null) return;  // this stream reached the stop string
     const token = { id, piece: event.pieces[i], p: event.p[i], q: event.q[i],
       top: [event.top[0][i], event.top[1][i]], atop: [event.atop[0][i], event.atop[1][i]] };
     fragments[i].append(tokenSpan(state.samples[i].view, token, colourOf(token)));
