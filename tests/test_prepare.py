@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -247,6 +248,63 @@ def test_an_entry_cut_short_is_prepared_again_and_a_full_disk_is_one_error(corpu
     with pytest.raises(DiskError, match=r"disk full.*free disk space \(or pass data.cache_dir=<another disk>\)"):
         prepare(settings(corpus_dir, "word"), cache)
     assert [p.name for p in cache.iterdir() if p.is_dir()] == [first.directory.name]  # nothing partial is left
+
+
+def edit_meta(change):
+    def damage(entry: Path) -> None:
+        meta = json.loads((entry / META).read_text())
+        change(meta)
+        (entry / META).write_text(json.dumps(meta))
+    return damage
+
+
+def set_id(entry: Path) -> None:
+    """One id raised to the vocabulary's size (its type holds it)."""
+    meta = json.loads((entry / META).read_text())
+    ids = np.memmap(entry / "tokens.bin", dtype=meta["dtype"], mode="r+")
+    ids[3] = len(meta["tokenizer"]["vocab"])
+    ids.flush()
+
+
+DAMAGE = {  # a cache entry's files are untrusted: each of these is found and the entry prepared again
+    "ids overwritten with 0xFF at the same size": lambda e: (e / "tokens.bin").write_bytes(b"\xff" * (e / "tokens.bin").stat().st_size),
+    "one id past the vocabulary": set_id,
+    "the vocabulary shortened": edit_meta(lambda m: m["tokenizer"]["vocab"].pop()),
+    "the block counts replaced by text": lambda e: (e / "blocks.npy").write_text("not numpy"),
+    "the block counts a pickled object": lambda e: np.save(e / "blocks.npy", np.array([{}], dtype=object), allow_pickle=True),
+    "splits out of order": edit_meta(lambda m: m.update(split_starts=[5, 3])),
+    "splits past the end": edit_meta(lambda m: m.update(split_starts=[5, 10**9])),
+    "meta.json not JSON": lambda e: (e / META).write_text("{not json"),
+    "meta.json a list": lambda e: (e / META).write_text("[]"),
+    "a damaged tokenizer": edit_meta(lambda m: m["tokenizer"].update(kind="gpt")),
+    "the dtype changed": edit_meta(lambda m: m.update(dtype="int64")),
+    "facts not counts": edit_meta(lambda m: m.update(facts={"chars": "many"})),
+    "tokens.bin removed": lambda e: (e / "tokens.bin").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_cache_entry_is_prepared_again(corpus_dir, tmp_path, damage, caplog):
+    cache = tmp_path / "cache"
+    first = prepare(settings(corpus_dir), cache)
+    expected, directory = np.array(first.ids), first.directory
+    del first
+    DAMAGE[damage](directory)
+    with caplog.at_level(logging.WARNING):
+        again = prepare(settings(corpus_dir), cache)
+    assert not again.reused and np.array_equal(again.ids, expected)
+    assert f"corpus: {directory} is damaged (" in caplog.text
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word", "bpe"])
+def test_each_blocks_largest_id_is_recorded_as_encoded_and_verified(corpus_dir, tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setattr(prepare_module, "BLOCK", 7)  # many blocks, ending inside the encoder's chunks
+    entry = prepare(settings(corpus_dir, tokenizer), tmp_path / "cache").directory
+    blocks = np.load(entry / "blocks.npy")
+    ids = np.array(load(entry).ids)
+    assert len(blocks) == len(ids) // 7 + 1 > 100
+    assert blocks[:-1, 1].tolist() == [int(ids[i : i + 7].max()) for i in range(0, len(ids) // 7 * 7, 7)]
+    assert blocks[:, 0].sum() == np.count_nonzero(ids == 0)
 
 
 def test_a_prepare_waits_for_the_lock_another_process_holds(corpus_dir, tmp_path, caplog):

@@ -11,7 +11,8 @@ The cache entry's name is a hash of everything that changes the tokens (each fil
 size and modification time; the glob, separator, encoding errors; the tokenizer and its
 settings; the train fraction). It is written under a temporary name and renamed when
 complete, so a prepare killed midway leaves nothing a later run takes for complete, and two
-runs preparing the same corpus at once both end with the same files.
+runs preparing the same corpus at once both end with the same files. Each time an entry is
+mapped its files are checked against each other (:func:`load`); a damaged one is prepared again.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ from rnnlm.utils.files import disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # of the files below; part of the cache key (2: the splits' token bounds in meta.json)
+FORMAT = 3  # of the files below; part of the cache key (3: each block's largest id, to check the ids)
 BLOCK = 1 << 20  # <unk> is counted per block of this many tokens, so any region's count is quick
-TOKENS, META, UNK_BLOCKS = "tokens.bin", "meta.json", "unk_blocks.npy"
+TOKENS, META, BLOCKS = "tokens.bin", "meta.json", "blocks.npy"  # blocks: [<unk> count, largest id] per block
 PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora prepare in about a second: no progress bar
 # The code that turns text into tokens: a change to it prepares anew.
 CODE_VERSION = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in (_corpus, _tokenizers))).hexdigest()[:12]
@@ -121,8 +122,9 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
         return _encode(settings, sources, None)
     root = Path(cache_dir).expanduser()
     final = root / cache_name(settings, sources)
-    if _complete(final):
-        return load(final)
+    found = load(final)
+    if isinstance(found, PreparedCorpus):
+        return found
     lock = FileLock(root / f"{final.name}.lock")
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -134,10 +136,11 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
     except OSError as err:
         raise CorpusError(f"data.cache_dir={root} cannot be written ({err.strerror}); pass data.cache_dir=<a writable dir>") from None
     try:  # one process prepares an entry; the others waited above and map what it wrote
-        if _complete(final):  # prepared while this process waited
-            return load(final)
-        if final.exists():  # an entry that does not check out (a crash, a copy cut short): prepare anew
-            log.warning("corpus: %s is incomplete; preparing it again", final)
+        found = load(final)
+        if isinstance(found, PreparedCorpus):  # prepared while this process waited
+            return found
+        if final.exists():  # an entry that does not check out (a copy cut short, a disk fault, an edit): prepare anew
+            log.warning("corpus: %s is damaged (%s); preparing it again", final, found)
             shutil.rmtree(final, ignore_errors=True)
         for stale in root.glob(f"{final.name}.partial-*"):  # this process holds the lock: nobody writes these
             shutil.rmtree(stale, ignore_errors=True)
@@ -156,30 +159,56 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
     finally:
         lock.release()
     prepared = load(final)
+    if not isinstance(prepared, PreparedCorpus):  # what this process just wrote reads back wrong: the disk
+        raise CorpusError(f"the corpus cache entry {final} reads back damaged ({prepared}) just after it was written; "
+                          "check the disk, or pass data.cache_dir=<another disk>")
     prepared.reused = False
     return prepared
 
 
-def _complete(directory: Path) -> bool:
-    """Whether a cache entry holds everything :func:`load` needs, of the size meta.json says."""
+def load(directory: Path) -> PreparedCorpus | str:
+    """Map a cache entry, or say what is wrong with it (missing, cut short, damaged). Its files
+    are untrusted: meta.json must agree with the files, the splits be in order and every id
+    below the vocabulary size, each block's largest id as recorded when it was prepared (one
+    pass over the map, a fraction of a second per GB)."""
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        blocks = np.load(directory / BLOCKS, allow_pickle=False)
         size = (directory / TOKENS).stat().st_size
-        return (meta.get("format") == FORMAT and "split_starts" in meta
-                and size == meta["tokens"] * np.dtype(meta["dtype"]).itemsize
-                and (directory / UNK_BLOCKS).is_file())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def load(directory: Path) -> PreparedCorpus:
-    """Map a complete cache entry."""
-    meta = json.loads((directory / META).read_text(encoding="utf-8"))
-    dtype = np.dtype(meta["dtype"])
+    except FileNotFoundError as err:
+        return f"{Path(err.filename).name} is missing"
+    except (OSError, ValueError, EOFError) as err:
+        return f"a file does not read ({type(err).__name__}: {str(err)[:80]})"
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return f"{META} is not of format {FORMAT}"
+    try:
+        tokenizer = Tokenizer.from_dict(meta.get("tokenizer"))
+    except ValueError as err:
+        return f"its tokenizer: {err}"
+    tokens, starts, facts = meta.get("tokens"), meta.get("split_starts"), meta.get("facts")
+    dtype = tokenizer.dtype
+    if not isinstance(tokens, int) or tokens < 0 or meta.get("dtype") != dtype.name or size != tokens * dtype.itemsize:
+        return f"{TOKENS} holds {size} bytes, not {meta.get('tokens')!r} ids of {meta.get('dtype')!r} for a vocabulary of {len(tokenizer)}"
+    if not (isinstance(starts, list) and len(starts) == 2 and all(isinstance(i, int) for i in starts)
+            and 0 <= starts[0] <= starts[1] <= tokens):
+        return f"its split_starts {str(starts)[:40]} are not two token positions in order"
+    if not isinstance(facts, dict) or not all(isinstance(facts.get(k), int) for k in ("documents", "replaced_bytes", "chars")):
+        return "its facts are not counts"
+    if blocks.dtype != np.int64 or blocks.shape != (tokens // BLOCK + 1, 2) or not ((blocks[:, 0] >= 0) & (blocks[:, 0] <= BLOCK)).all():
+        return f"{BLOCKS} does not describe {tokens} ids"
     # Copy-on-write map: reading costs page cache only, and torch gets a writable array.
-    ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(meta["tokens"],))
-    return PreparedCorpus(Tokenizer.from_dict(meta["tokenizer"]), ids, meta["facts"], np.load(directory / UNK_BLOCKS),
-                          directory, reused=True, split_starts=tuple(meta["split_starts"]))
+    ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(tokens,)) if tokens else np.zeros(0, dtype)
+    if not np.array_equal(block_maxima(ids), blocks[:, 1]) or (tokens and int(blocks[:, 1].max()) >= len(tokenizer)):
+        return f"{TOKENS} holds ids other than those prepared (or at least {len(tokenizer)}, the vocabulary size)"
+    return PreparedCorpus(tokenizer, ids, facts, blocks[:, 0], directory, reused=True, split_starts=(starts[0], starts[1]))
+
+
+def block_maxima(ids: np.ndarray) -> np.ndarray:
+    """The largest id of each block of ``BLOCK`` ids (-1 for an empty last block)."""
+    full = len(ids) // BLOCK * BLOCK
+    maxima = [ids[:full].reshape(-1, BLOCK).max(axis=1).astype(np.int64)] if full else []
+    maxima.append(np.array([ids[full:].max() if len(ids) > full else -1], dtype=np.int64))
+    return np.concatenate(maxima)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -234,6 +263,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     encoding = StreamFacts()
     pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: Counter[int] = Counter()  # <unk> tokens per block of BLOCK ids, where there are any
+    largest: dict[int, int] = {}  # each block's largest id, from the ids as encoded (not as read back)
     count, parts, split_starts = 0, [], []
     cutter = CharCutter(pieces)
     segments = (cutter.take(char_bounds[0]), cutter.take(char_bounds[1] - char_bounds[0]), cutter.take(None))
@@ -244,6 +274,12 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
             for ids in tokenizer.encode_stream(segment):
                 hit, hits = np.unique((np.flatnonzero(ids == 0) + count) // BLOCK, return_counts=True)
                 unk_blocks.update(dict(zip(hit.tolist(), hits.tolist())))
+                start = 0
+                while start < len(ids):  # the chunk's piece of each block it spans
+                    block = (count + start) // BLOCK
+                    end = min(len(ids), (block + 1) * BLOCK - count)
+                    largest[block] = max(largest.get(block, -1), int(ids[start:end].max()))
+                    start = end
                 count += len(ids)
                 if out is not None:
                     out.write(memoryview(np.ascontiguousarray(ids)).cast("B"))  # raises on a full disk, unlike tofile
@@ -252,18 +288,20 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
         if out is not None:
             out.flush()
             os.fsync(out.fileno())
-    blocks = np.zeros(count // BLOCK + 1, dtype=np.int64)
-    blocks[list(unk_blocks)] = list(unk_blocks.values())
+    unk = np.zeros(count // BLOCK + 1, dtype=np.int64)
+    unk[list(unk_blocks)] = list(unk_blocks.values())
     if encoding.chars != total_chars:  # a prepare only goes wrong here if the files changed meanwhile
         raise CorpusError(f"the corpus changed while it was prepared ({total_chars} characters counted, "
                           f"{encoding.chars} encoded); prepare again once it no longer changes")
     facts = {"documents": encoding.documents, "replaced_bytes": encoding.replaced_bytes, "chars": encoding.chars}
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
-        return PreparedCorpus(tokenizer, ids, facts, blocks, None, reused=False, split_starts=tuple(split_starts))
+        return PreparedCorpus(tokenizer, ids, facts, unk, None, reused=False, split_starts=tuple(split_starts))
+    maxima = np.full(count // BLOCK + 1, -1, dtype=np.int64)
+    maxima[list(largest)] = list(largest.values())
     buffer = io.BytesIO()
-    np.save(buffer, blocks)
-    _write_synced(directory / UNK_BLOCKS, buffer.getvalue())
+    np.save(buffer, np.stack([unk, maxima], axis=1))
+    _write_synced(directory / BLOCKS, buffer.getvalue())
     meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
                             "tokens": count, "split_starts": split_starts, "facts": facts, "settings": asdict(settings),
                             "sources": [s.identity() for s in sources]}

@@ -7,6 +7,7 @@ to it. ``to_dict()`` gives plain data that a checkpoint stores and ``from_dict``
 from __future__ import annotations
 
 import codecs
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnlm.utils.options import check_value
+from rnnlm.utils.options import BPE_MIN_VOCAB, VOCAB, check_value
 
 UNK = "<unk>"
 _UTF8 = codecs.getincrementaldecoder("utf-8")
@@ -27,6 +28,8 @@ LEGACY_WORD_PATTERN = r"\w+|[^\w\s]|\s+"  # checkpoints from before: every white
 DEFAULT_MAX_VOCAB = 16384  # word tokenizer: covers 98.4% of the plays' train tokens
 _WORD_CHUNK = 1 << 20  # characters split into words at a time
 UNICODE_SIZE = 0x110000  # code points 0 ... U+10FFFF
+MAX_START_CHARS = 1000  # the text a document starts with
+MAX_UNK_CHARS = 1 << 20  # mean characters <unk> stands for
 
 
 def smallest_int_dtype(vocab_size: int) -> np.dtype:
@@ -141,18 +144,47 @@ class Tokenizer:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab": list(self.vocab), "start": self.start, "unk_chars": self.unk_chars}
 
+    def identity(self) -> dict[str, Any]:
+        """What decides which text each id stands for and how text becomes ids: two tokenizers
+        with equal identities read and write the same ids (resume compares them)."""
+        return {"kind": self.kind, "tokens": self.vocab}
+
     @staticmethod
-    def from_dict(state: dict[str, Any]) -> Tokenizer:
+    def from_dict(state: Any) -> Tokenizer:
+        """The tokenizer ``to_dict()`` described. The state comes from a file (a checkpoint, a
+        cache entry), so every field is checked: a :class:`ValueError` says what is wrong."""
+        if not isinstance(state, dict):
+            raise ValueError(f"the tokenizer state is {type(state).__name__}, not a mapping")
         kind, start = state.get("kind"), state.get("start", "\n\n")
+        if kind not in TOKENIZERS:
+            raise ValueError(f"tokenizer kind {kind!r} is none of {', '.join(TOKENIZERS)}")
+        if not isinstance(start, str) or not 0 < len(start) <= MAX_START_CHARS:
+            raise ValueError(f"the tokenizer's start text is {type(start).__name__} {str(start)[:20]!r}, "
+                             f"not text of 1 to {MAX_START_CHARS} characters")
         if kind == BPETokenizer.kind:
-            return BPETokenizer(state["model_json"], start)
+            model_json = state.get("model_json")
+            if not isinstance(model_json, str):
+                raise ValueError(f"the BPE tokenizer's model_json is {type(model_json).__name__}, not text")
+            return BPETokenizer(model_json, start)
         # Checkpoints written before unk_chars existed: one character per <unk>.
-        vocab, unk_chars = list(state["vocab"]), state.get("unk_chars", 1.0)
+        vocab, unk_chars = state.get("vocab"), state.get("unk_chars", 1.0)
+        if not isinstance(vocab, list) or not 2 <= len(vocab) <= VOCAB:
+            raise ValueError(f"the {kind} vocabulary is not a list of 2 to {VOCAB:,} tokens")
+        bad = next((i for i, t in enumerate(vocab) if not isinstance(t, str) or not t or (kind == "char" and i and len(t) != 1)), None)
+        if bad is not None:
+            need = "one character" if kind == "char" else "non-empty text"
+            raise ValueError(f"token {bad} of the {kind} vocabulary is {vocab[bad]!r}, not {need}")
+        if len(set(vocab)) != len(vocab):
+            twice = next(t for t, n in Counter(vocab).items() if n > 1)
+            raise ValueError(f"the {kind} vocabulary holds {twice!r} twice")
+        if isinstance(unk_chars, bool) or not isinstance(unk_chars, (int, float)) or not 0 < unk_chars <= MAX_UNK_CHARS:
+            raise ValueError(f"the tokenizer's unk_chars is {unk_chars!r}, not a number in (0, {MAX_UNK_CHARS}]")
         if kind == WordTokenizer.kind:
-            return WordTokenizer(vocab, start, unk_chars, state.get("pattern", LEGACY_WORD_PATTERN))
-        if kind == CharTokenizer.kind:
-            return CharTokenizer(vocab, start, unk_chars)
-        raise ValueError(f"unknown tokenizer kind {kind!r}")
+            pattern = state.get("pattern", LEGACY_WORD_PATTERN)
+            if pattern not in (WORD_PATTERN, LEGACY_WORD_PATTERN):  # a pattern runs on every prompt: only ours
+                raise ValueError(f"the word tokenizer's pattern {str(pattern)[:40]!r} is not one rnnlm writes")
+            return WordTokenizer(vocab, start, unk_chars, pattern)
+        return CharTokenizer(vocab, start, unk_chars)
 
 
 class CharTokenizer(Tokenizer):
@@ -180,8 +212,9 @@ class CharTokenizer(Tokenizer):
 
     def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
         if self._table is None:  # 1.1 M entries of the id type: one gather encodes a chunk
-            self._table = np.zeros(UNICODE_SIZE, dtype=self.dtype)
-            self._table[[ord(c) for c in self.vocab[1:]]] = np.arange(1, len(self.vocab))
+            table = np.zeros(UNICODE_SIZE, dtype=self.dtype)
+            table[[ord(c) for c in self.vocab[1:]]] = np.arange(1, len(self.vocab))
+            self._table = table  # complete, or not at all
         for piece in pieces:
             for start in range(0, len(piece), _CHUNK):
                 yield self._table[_code_points(piece[start : start + _CHUNK])]
@@ -224,6 +257,9 @@ class WordTokenizer(Tokenizer):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "pattern": self.pattern}
 
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "pattern": self.pattern}
+
 
 def _words(pieces: Iterable[str], regex: re.Pattern[str]) -> Iterator[list[str]]:
     """``regex.findall("".join(pieces))`` in lists of at most ~``_WORD_CHUNK`` characters' words:
@@ -254,10 +290,19 @@ class BPETokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
 
         self.model_json = model_json
-        self._hf = HFTokenizer.from_str(model_json)
+        try:
+            self._hf = HFTokenizer.from_str(model_json)
+        except Exception as err:  # the library's own error type, its message names the JSON's fault
+            raise ValueError(f"the BPE tokenizer's model_json does not load ({str(err).splitlines()[0][:120]})") from None
         byte_of = {char: byte for byte, char in enumerate(_byte_level_chars())}
         size = self._hf.get_vocab_size()
-        self.token_bytes = [bytes(byte_of[c] for c in (self._hf.id_to_token(i) or "")) if i else b"" for i in range(size)]
+        tokens = [self._hf.id_to_token(i) for i in range(size)]
+        if not BPE_MIN_VOCAB <= size <= VOCAB or tokens[0] != UNK:
+            raise ValueError(f"the BPE tokenizer has {size} tokens, id 0 {tokens[0]!r}: not {UNK!r} then at least the 256 bytes")
+        bad = next((i for i, t in enumerate(tokens[1:], 1) if not t or any(c not in byte_of for c in t)), None)
+        if bad is not None:
+            raise ValueError(f"token {bad} of the BPE tokenizer is {tokens[bad]!r}, not byte-level text")
+        self.token_bytes = [b"", *(bytes(byte_of[c] for c in t) for t in tokens[1:])]
         super().__init__([UNK, *(t.decode("utf-8", "replace") for t in self.token_bytes[1:])], start)
 
     @classmethod
@@ -324,6 +369,12 @@ class BPETokenizer(Tokenizer):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "model_json": self.model_json, "start": self.start}
+
+    def identity(self) -> dict[str, Any]:
+        # Parsed, not the JSON text: the same merges may be written with other spacing or order of keys.
+        merges = json.loads(self.model_json).get("model", {}).get("merges", [])
+        return {"kind": self.kind, "tokens": self.token_bytes,
+                "merges": [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]}
 
 
 _BPE_CHUNK = 1 << 20  # characters encoded at a time

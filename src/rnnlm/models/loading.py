@@ -19,6 +19,7 @@ from rnnlm.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 TRAIN_HINT = "train one with `make train` (or `python train.py`), or pass ckpt=<path to a .ckpt file>"
+MAX_STEP = 10**12  # above trainer.max_steps' bound
 OTHER_HINT = "use another checkpoint of the run (sample.py ckpt=<its run dir> picks the newest that loads)"
 
 
@@ -99,7 +100,23 @@ def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = N
         raise CheckpointError(
             f"{path} is not an rnnlm checkpoint (format {CHECKPOINT_FORMAT}); {hint}", "not an rnnlm checkpoint"
         )
+    fault = structure_fault(checkpoint)
+    if fault:
+        raise CheckpointError(f"{path} is damaged: {fault}; {other}", "damaged")
     return checkpoint
+
+
+def structure_fault(checkpoint: dict[str, Any]) -> str | None:
+    """What is wrong with the parts every reader relies on (their types), or None."""
+    step = checkpoint.get("global_step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        return f"its global_step is {str(step)[:20]!r}, not a count of steps"
+    if not isinstance(checkpoint.get("hyper_parameters", {}), dict):
+        return f"its hyper-parameters are {type(checkpoint['hyper_parameters']).__name__}, not a mapping"
+    weights = checkpoint.get("state_dict", {})
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        return "its state_dict is not a mapping of names to tensors"
+    return None
 
 
 def weights_mismatch(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str:
@@ -112,6 +129,17 @@ def weights_mismatch(expected: dict[str, torch.Tensor], weights: dict[str, torch
     return ", ".join(problems[:2]) + more
 
 
+def checkpoint_tokenizer(path: Path, hparams: dict[str, Any], hint: str = OTHER_HINT) -> Tokenizer:
+    """The tokenizer a checkpoint's hyper-parameters hold, every field checked: a damaged one is
+    a one-line :class:`CheckpointError` naming the file and the fault."""
+    if "tokenizer" not in hparams:
+        raise CheckpointError(f"{path}: its hyper-parameters hold no tokenizer; {hint}", "no tokenizer")
+    try:
+        return Tokenizer.from_dict(hparams["tokenizer"])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its tokenizer is damaged: {err}; {hint}", "a damaged tokenizer") from None
+
+
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """Rebuild the network and tokenizer from a checkpoint (or the newest one in a run dir
     that loads), ready for inference."""
@@ -120,9 +148,9 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
         path, checkpoint = newest_loadable(path, f"ckpt={path}")
     else:
         checkpoint = read_checkpoint(path)
-    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    hparams = checkpoint.get("hyper_parameters", {})
+    tokenizer = checkpoint_tokenizer(path, hparams)
     try:
-        tokenizer = Tokenizer.from_dict(hparams["tokenizer"])
         net = RNNLM(**LanguageModel.architecture(hparams))
         prefix = "net."
         weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rnnlm.data.tokenizers import LEGACY_WORD_PATTERN
-from rnnlm.models.loading import newest_loadable, read_checkpoint
+from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.models.loading import checkpoint_tokenizer, newest_loadable, read_checkpoint
 from rnnlm.models.module import NETWORK_ARGUMENTS, NETWORK_DEFAULTS
 from rnnlm.models.network import SHAPE_FREE_ARGUMENTS
 from rnnlm.utils.errors import RnnlmError
@@ -44,14 +44,6 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, resuming: bool = False) 
     return path, read_checkpoint(path, "ckpt_path", CKPT_PATH_HINT)
 
 
-def token_identity(state: dict[str, Any]) -> dict[str, Any]:
-    """What decides which text a token id stands for, for every tokenizer: its kind and its
-    pieces (a char or word vocabulary and the word split, or the BPE merges)."""
-    kind = state.get("kind", "char")
-    pattern = state.get("pattern", LEGACY_WORD_PATTERN) if kind == "word" else None  # as Tokenizer.from_dict reads it
-    return {"kind": kind, "vocab": state.get("vocab"), "pattern": pattern, "model_json": state.get("model_json")}
-
-
 def check_architecture(path: Path, checkpoint: dict[str, Any], hparams: dict[str, Any]) -> None:
     """The config builds the network the checkpoint holds, else name every setting that differs."""
     saved = checkpoint.get("hyper_parameters") or {}
@@ -64,11 +56,14 @@ def check_architecture(path: Path, checkpoint: dict[str, Any], hparams: dict[str
             f"a vocabulary of {hparams.get('vocab_size')} tokens (the checkpoint has {saved['vocab_size']}: "
             "the corpus or data.tokenizer/max_vocab/min_freq differ)"
         )
-    elif "tokenizer" in saved and token_identity(saved["tokenizer"]) != token_identity(hparams.get("tokenizer") or {}):
-        ours, theirs = (token_identity(t)["vocab"] for t in (hparams.get("tokenizer") or {}, saved["tokenizer"]))
-        moved = sum(a != b for a, b in zip(ours or [], theirs or []))
-        what = f"{moved} of its {len(ours)} token ids mean other tokens" if ours and theirs else "other BPE merges"
-        differ.append(f"another vocabulary of the same size ({what}: the corpus (data.path) or data settings differ)")
+    elif "tokenizer" in saved and "tokenizer" in hparams:
+        theirs = checkpoint_tokenizer(path, saved, RESUME_HINT).identity()
+        ours = Tokenizer.from_dict(hparams["tokenizer"]).identity()
+        if theirs != ours:
+            moved = sum(a != b for a, b in zip(ours["tokens"], theirs["tokens"]))
+            what = f"{moved} of its {len(ours['tokens'])} token ids mean other tokens" if moved else \
+                "the same tokens, split from text another way (BPE merges, or the word split)"
+            differ.append(f"another vocabulary of the same size ({what}: the corpus (data.path) or data settings differ)")
     if differ:
         raise RnnlmError(
             f"cannot resume from {path}: the config asks for {'; '.join(differ)}; resume with the run's own "

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from rnnlm.models.loading import LoadedModel, checkpoints_under, load_model, read_checkpoint
+from rnnlm.models.loading import LoadedModel, checkpoint_tokenizer, checkpoints_under, load_model, read_checkpoint
 from rnnlm.models.module import CHECKPOINT_METRICS
 from rnnlm.sampling.playground.analysis import layer_states, state_kinds, vocabulary_pieces
 from rnnlm.utils.errors import CheckpointError, ConfigError
@@ -46,8 +46,9 @@ class Entry:
 
 def describe(path: Path, entry_id: str) -> Entry:
     """The step and validation bits/char a checkpoint holds (its tensors are mapped, not
-    read); bits/char from the file name for checkpoints saved before they were stored."""
+    read; its tokenizer is checked); bits/char from the file name for checkpoints saved before they were stored."""
     checkpoint = read_checkpoint(path, mmap=True)
+    checkpoint_tokenizer(path, checkpoint.get("hyper_parameters", {}))  # a damaged one is not offered
     metrics = checkpoint.get(CHECKPOINT_METRICS) or {}
     bpc = metrics.get("val/bpc")
     if bpc is None and (match := BPC_IN_NAME.search(path.name)):
