@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from rnnlm.training.callbacks import AdoptResumedConfig
 from rnnlm.training.train import train
 from tests.conftest import TINY, compose_config
 from tests.processes import ROOT, run_script, started
@@ -46,6 +47,15 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
     assert objects["trainer"].global_step == 30
     assert resumed["train/loss"] == pytest.approx(full["train/loss"], abs=1e-5)
     assert resumed["val/loss"] == pytest.approx(full["val/loss"], abs=1e-5)
+
+
+def test_a_resumed_config_is_adopted_only_once_lightning_has_restored_the_checkpoint(tmp_path, corpus_file, monkeypatch):
+    run(tmp_path, corpus_file, "first", "trainer.max_steps=10")
+    steps = []
+    monkeypatch.setattr("rnnlm.training.callbacks.promote_pending_config", lambda: None)
+    monkeypatch.setattr(AdoptResumedConfig, "on_train_start", lambda self, trainer, module: steps.append(trainer.global_step))
+    run(tmp_path, corpus_file, "first", "trainer.max_steps=12", "ckpt_path=last")
+    assert steps == [10]  # once, with the trainer at the checkpoint's step: after Lightning's restore
 
 
 @pytest.mark.slow

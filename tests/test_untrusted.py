@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from rnnlm.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
-from rnnlm.models.loading import CHECKPOINT_FORMAT, load_model
+from rnnlm.models.loading import CHECKPOINT_FORMAT
 from rnnlm.models.network import RNNLM
 from rnnlm.sampling.playground.catalogue import Catalogue
 from rnnlm.sampling.sample import sample
-from rnnlm.training.resume import check_architecture
-from rnnlm.utils.errors import CheckpointError
+from rnnlm.training.resume import check_architecture, check_resumable
+from rnnlm.utils.errors import CheckpointError, RnnlmError
 from tests.conftest import compose_config
 
 TEXT = "the cat sat on the mat. héllo wörld — the end.\n\n" * 20
@@ -136,3 +136,10 @@ def test_bpe_merges_are_compared_as_merges_not_as_json_text():
     reordered = BPETokenizer(json.dumps(data))
     with pytest.raises(Exception, match=r"the same tokens, split from text another way"):
         check_architecture(Path("last.ckpt"), ckpt, {**hparams, "tokenizer": reordered.to_dict()})
+
+
+def test_a_weights_only_checkpoint_is_not_resumed(tmp_path):
+    ckpt = checkpoint_of(TOKENIZERS["char"]())  # no optimizer_states or loops, as save_weights_only writes
+    with pytest.raises(RnnlmError, match=r"cannot resume from last.ckpt: it holds no optimizer_states or loops \(saved with weights only\?\)"):
+        check_resumable(Path("last.ckpt"), ckpt)
+    check_resumable(Path("last.ckpt"), {**ckpt, "optimizer_states": [], "loops": {}})

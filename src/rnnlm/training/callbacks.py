@@ -21,6 +21,7 @@ from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import encode_prompt
 from rnnlm.utils.errors import RnnlmError
 from rnnlm.utils.files import write_text
+from rnnlm.utils.rundir import promote_pending_config
 
 
 def sample_texts(
@@ -147,6 +148,15 @@ class CheckpointOnInterrupt(pl.Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trainer.save_checkpoint(self.path)
         self.saved = self.path
+
+
+class AdoptResumedConfig(pl.Callback):
+    """A resumed run's config replaces the run's ``.hydra/`` once Lightning has restored the
+    checkpoint into the trainer (training starts after that): a resume refused by rnnlm's
+    checks or by Lightning's own leaves the run dir as it was."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        promote_pending_config()
 
 
 class ValidateAtLastStep(pl.Callback):

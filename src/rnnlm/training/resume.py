@@ -44,6 +44,14 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, resuming: bool = False) 
     return path, read_checkpoint(path, "ckpt_path", CKPT_PATH_HINT)
 
 
+def check_resumable(path: Path, checkpoint: dict[str, Any]) -> None:
+    """A checkpoint holds what Lightning restores a fit from (weights-only ones do not)."""
+    missing = [key for key in ("optimizer_states", "loops", "state_dict") if key not in checkpoint]
+    if missing:
+        raise RnnlmError(f"cannot resume from {path}: it holds no {' or '.join(missing)} (saved with weights only?); "
+                         "sample from it with sample.py, or start a new run without resume_dir=/ckpt_path=")
+
+
 def check_architecture(path: Path, checkpoint: dict[str, Any], hparams: dict[str, Any]) -> None:
     """The config builds the network the checkpoint holds, else name every setting that differs."""
     saved = checkpoint.get("hyper_parameters") or {}

@@ -25,16 +25,16 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.models.calibration import Calibrate
 from rnnlm.models.module import LanguageModel
-from rnnlm.training.callbacks import CheckpointOnInterrupt, sample_texts
+from rnnlm.training.callbacks import AdoptResumedConfig, CheckpointOnInterrupt, sample_texts
 from rnnlm.training.checkpoint_io import remove_partial_files
 from rnnlm.training.precision import auto_precision, check_precision
-from rnnlm.training.resume import check_architecture, resolve_ckpt_path
+from rnnlm.training.resume import check_architecture, check_resumable, resolve_ckpt_path
 from rnnlm.utils.cli import sigterm_interrupts
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import write_text
 from rnnlm.utils.memory import keep_freed_memory
 from rnnlm.utils.options import check_config
-from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable, promote_pending_config
+from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt_path = None
     if resume_from is not None:
         path, checkpoint = resume_from
+        check_resumable(path, checkpoint)
         check_architecture(path, checkpoint, dict(model.hparams))
         ckpt_path = str(path)  # Lightning loads it again, with the trainer state
         del checkpoint, resume_from
@@ -223,8 +224,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers:  # Lightning refuses a LearningRateMonitor without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(AdoptResumedConfig())  # a resumed run's config is the run's once Lightning has restored it
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
-    promote_pending_config()  # every check has passed: this config is the run's now
     log_run_facts(loggers, cfg, model, datamodule)
 
     with warnings.catch_warnings():
