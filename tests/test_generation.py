@@ -116,10 +116,10 @@ def test_score_equals_direct_cross_entropy():
         direct = F.cross_entropy(net(ids[None, :-1])[0][0], ids[1:])
     assert result["loss"] == pytest.approx(float(direct), abs=1e-5)
     assert result["tokens"] == 199 and result["bpc"] == pytest.approx(float(direct) / math.log(2), abs=1e-5)
-    lengths = torch.rand(13) * 3 + 0.5  # characters per id, as a word or subword tokenizer has them
-    per_char = score_ids(net, ids, chunk=37, char_lengths=lengths)
+    chars = torch.rand(200) * 3 + 0.5  # characters each token stands for, as words or subwords do
+    per_char = score_ids(net, ids, chunk=37, chars=chars)
     assert per_char["bpt"] == pytest.approx(result["bpc"], abs=1e-6)
-    assert per_char["bpc"] == pytest.approx(float(direct) * 199 / math.log(2) / float(lengths[ids[1:]].sum()), rel=1e-5)
+    assert per_char["bpc"] == pytest.approx(float(direct) * 199 / math.log(2) / float(chars[1:].sum()), rel=1e-5)
 
 
 def test_sample_statistics():

@@ -94,9 +94,9 @@ def test_find_cells_ranks_a_unit_that_tracks_line_position_first():
 
 def test_token_probabilities_match_the_score(trained, corpus_text):
     loaded = load_model(trained["objects"]["best_ckpt"])
-    ids = text_ids(loaded, corpus_text[:3000])
+    ids, chars = text_ids(loaded, corpus_text[:3000])
     details = token_probabilities(loaded.net, ids)
-    figures = score_text(loaded, ids)
+    figures = score_text(loaded, ids, chars)
     assert len(details["prob"]) == ids.numel() - 1 == figures["tokens"]
     assert -sum(math.log(p) for p in details["prob"]) / figures["tokens"] == pytest.approx(figures["loss"], rel=1e-4)
     assert all(row[0] >= row[-1] for row in details["top_probs"]) and len(details["top_ids"][0]) == 5
@@ -177,7 +177,7 @@ def test_scoring_gives_the_numbers_of_score_mode(playground, trained):
     result = httpx.post(url + "api/score", json={"text": TEXT}).json()
     newest = httpx.get(url + "api/checkpoints").json()["checkpoints"][0]["id"]
     loaded = load_model(Path(trained["dir"]) / newest)
-    assert result["figures"] == score_text(loaded, text_ids(loaded, TEXT))  # to the bit: one computation
+    assert result["figures"] == score_text(loaded, *text_ids(loaded, TEXT))  # to the bit: one computation
     assert "".join(result["pieces"]) == TEXT and len(result["p"]) == len(result["pieces"]) - 1
     # The second table: what sampling at the page's settings draws from, sharper at T=0.5.
     sharp = httpx.post(url + "api/score", json={"text": TEXT, "temperature": 0.5, "top_k": 3}).json()

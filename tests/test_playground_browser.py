@@ -135,7 +135,7 @@ def test_scoring_shows_the_loss_of_score_mode(page, trained, playground):
     page.click("#score")
     page.wait_for_selector("#score-timing[data-total-ms]", timeout=60_000)
     loaded = load_model(app.catalogue.entry(page.input_value("#ckpt")).path)
-    expected = score_text(loaded, text_ids(loaded, TEXT))
+    expected = score_text(loaded, *text_ids(loaded, TEXT))
     shown = page.inner_text("#score-figures")
     assert f"loss {expected['loss']:.4f} nats/token" in shown and f"{expected['bpc']:.4f} bits/char" in shown
     assert float(page.get_attribute("#score-figures", "data-loss")) == pytest.approx(expected["loss"], rel=1e-9)
@@ -180,4 +180,4 @@ def test_switching_checkpoints(page, playground):
     page.click("#score")
     page.wait_for_selector("#score-timing[data-total-ms]", timeout=60_000)
     loaded = load_model(other.path)
-    assert f"loss {score_text(loaded, text_ids(loaded, TEXT))['loss']:.4f}" in page.inner_text("#score-figures")
+    assert f"loss {score_text(loaded, *text_ids(loaded, TEXT))['loss']:.4f}" in page.inner_text("#score-figures")

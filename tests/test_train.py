@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -341,22 +342,52 @@ def test_a_run_without_a_logger_trains(tmp_path, corpus_file):
     assert objects["trainer"].global_step == 2 and (tmp_path / "metrics.json").is_file()
 
 
-def test_a_word_model_reports_bits_per_character_of_the_text_it_scores(tmp_path, corpus_file):
-    """bpc: the bits of a split over the characters its tokens stand for; bpt: per token."""
-    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "data.tokenizer=word", "data.max_vocab=500",
-                                   "trainer.max_steps=10", "test=false", "callbacks.sample_text=null"], tmp_path)
+def corpus_with_unknowns() -> str:
+    """Text with what tokenizers get wrong when counting characters: a literal "<unk>" (as
+    WikiText writes it) and other special-token look-alikes, and words and characters seen
+    only late (in the val/test splits), each of its own length."""
+    lines = []
+    for i in range(400):
+        rare = f" zq{'x' * (i % 7)}{i}w" if i > 300 else ""  # new words, never in the train split
+        accent = " café señor" if i > 370 else ""  # characters the train split (lines < 369) lacks
+        lines.append(f"The <unk> of line {i % 13} met <|endoftext|> and <s>{rare}{accent}, said {['ROMEO', 'JULIET'][i % 2]}.")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word", "bpe"])
+def test_bits_per_character_count_the_text_as_written(tmp_path, tokenizer):
+    """*/bpc divides the model's bits by the characters of the text it scored as written:
+    each <unk> counts the characters it replaced, text that looks like a special token is
+    text; bpt is per token."""
+    text = corpus_with_unknowns()
+    (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")
+    extra = {"char": [], "word": ["data.max_vocab=60"], "bpe": ["data.vocab_size=300"]}[tokenizer]
+    cfg = compose_config("train", [*TINY, f"data.path={tmp_path / 'corpus.txt'}", f"data.tokenizer={tokenizer}", *extra,
+                                   "data.seq_len=8", "trainer.max_steps=10", "test=false", "callbacks.sample_text=null",
+                                   "model.stateful_eval_lanes=1", "data.cache_dir=null", "trainer.limit_val_batches=1.0"], tmp_path / "run")
     metrics, objects = train(cfg)
-    tokenizer = objects["datamodule"].tokenizer
-    lengths = torch.tensor(tokenizer.char_lengths())
-    assert tokenizer.unk_chars > 1  # <unk> stands for the rarer, longer words
-    tokens = objects["datamodule"].tokens["val"]
-    lanes = min(cfg.model.stateful_eval_lanes, (len(tokens) - 1) // 2)
-    nll_sum, _, count, chars = score_totals(objects["model"].net, tokens, lanes, chunk=256, char_lengths=lengths)
-    assert chars == pytest.approx(float(lengths[tokens[1 : 1 + count].long()].sum()), rel=1e-6)  # lanes tile it
+    dm = objects["datamodule"]
+    read = text.strip("\n")  # as the corpus reader gives a document
+    val_text = read[int(len(read) * 0.9) : int(len(read) * 0.95)]  # the split's characters (data.splits)
+    ids, chars = dm.tokenizer.encode_with_chars(val_text)
+    assert np.array_equal(ids, dm.tokens["val"].numpy()) and chars.sum() == len(val_text)
+    if tokenizer != "bpe":
+        assert (ids == 0).sum() > 5  # the case at hand: <unk> of several lengths
+    else:
+        assert (ids == 0).sum() == 0 and "<unk>" in dm.tokenizer.decode(ids)  # the text "<unk>" is text
+    nll_sum, _, count, _ = score_totals(objects["model"].net, dm.tokens["val"], 1, chunk=256)
+    assert count == len(ids) - 1
+    assert metrics["val/bpc_stateful"] == pytest.approx(nll_sum / math.log(2) / (len(val_text) - chars[0]), rel=1e-4)
     assert metrics["val/bpt_stateful"] == pytest.approx(nll_sum / count / math.log(2), rel=1e-4)
-    assert metrics["val/bpc_stateful"] == pytest.approx(nll_sum / chars / math.log(2), rel=1e-4)
-    assert 1.5 < metrics["val/bpt"] / metrics["val/bpc"] < 6  # words of a few characters (spaces are tokens)
-    assert metrics["val/bpt"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-5)
+    windows = (len(ids) - 1) // 8  # val windows tile the split: the per-window figures' characters
+    assert metrics["val/bpt"] / metrics["val/bpc"] == pytest.approx(chars[1 : 1 + windows * 8].sum() / (windows * 8), rel=1e-4)
+    # sample.py mode=score counts the same characters: the text's own, less the unscored first token's.
+    from rnnlm.sampling.sample import sample
+
+    (tmp_path / "val.txt").write_text(val_text, encoding="utf-8")
+    scored, _ = sample(compose_config("sample", [f"ckpt={objects['last_ckpt']}", "mode=score", f"text_file={tmp_path / 'val.txt'}"],
+                                      tmp_path / "score"))
+    assert scored["score/bpt"] * scored["score/tokens"] / scored["score/bpc"] == pytest.approx(len(val_text) - chars[0], rel=1e-6)
 
 
 def test_a_bpe_model_trains_checkpoints_as_plain_data_and_samples_any_text(tmp_path, corpus_file):

@@ -13,14 +13,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rnnlm.data.permutation import LazyPermutation
-from rnnlm.data.prepare import CorpusSettings, PreparedCorpus, prepare
+from rnnlm.data.prepare import CorpusSettings, PreparedCorpus, UnknownChars, prepare
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.utils.errors import ConfigError, CorpusError
 from rnnlm.utils.options import check_args
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # inputs, targets (and for val/test the targets' characters)
 SPLITS = ("train", "val", "test")
 CALIBRATION_MIN_TOKENS = 256  # a temperature fitted on fewer is noise
 COUNT_CHUNK = 1 << 24  # tokens counted at a time by token_counts()
@@ -36,10 +36,13 @@ class WindowDataset(Dataset):
 
     The windows are never materialised: a batch of window indices becomes one gather
     from the region's token tensor (``__getitems__``), so memory stays ~ the corpus size.
+    With ``chars`` (each id's characters, and the region's :class:`UnknownChars`) a batch
+    also holds the characters each window's targets stand for, as written (bits per character).
     """
 
-    def __init__(self, tokens: torch.Tensor, seq_len: int, stride: int):
-        self.tokens, self.seq_len, self.stride = tokens, seq_len, stride
+    def __init__(self, tokens: torch.Tensor, seq_len: int, stride: int,
+                 chars: tuple[torch.Tensor, UnknownChars] | None = None):
+        self.tokens, self.seq_len, self.stride, self.chars = tokens, seq_len, stride, chars
         self._offsets = torch.arange(seq_len + 1)
 
     def __len__(self) -> int:
@@ -48,11 +51,15 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         starts = torch.as_tensor(indices, dtype=torch.long) * self.stride
         windows = self.tokens[starts[:, None] + self._offsets].long()
-        return windows[:, :-1], windows[:, 1:]
+        if self.chars is None:
+            return windows[:, :-1], windows[:, 1:]
+        lengths, unknown = self.chars
+        first = starts.numpy() + 1  # the targets' positions
+        chars = lengths[windows[:, 1:]].sum(1) + torch.from_numpy(unknown.within(first, first + self.seq_len))
+        return windows[:, :-1], windows[:, 1:], chars
 
     def __getitem__(self, index: int) -> Batch:
-        inputs, targets = self.__getitems__([index])
-        return inputs[0], targets[0]
+        return tuple(part[0] for part in self.__getitems__([index]))
 
 
 class WindowSampler(Sampler[int]):
@@ -188,6 +195,7 @@ class CorpusDataModule(pl.LightningDataModule):
         self._resume: dict[str, int] = {}
         self.tokenizer: Tokenizer | None = None
         self.tokens: dict[str, torch.Tensor] = {}
+        self.unknown: dict[str, UnknownChars] = {}  # val and test: what each <unk> replaced
         self.datasets: dict[str, WindowDataset] = {}
         self.stats: dict[str, Any] = {}
 
@@ -238,11 +246,11 @@ class CorpusDataModule(pl.LightningDataModule):
                     f"fewer than {CALIBRATION_MIN_TOKENS}; raise it or set data.calibration=0"
                 )
         self.tokens = {split: ids[start:stop] for split, (start, stop) in regions.items()}
-        for split in SPLITS:
-            # Overlap only augments training; val/test windows tile their region so every
-            # token is scored exactly once.
-            stride = self.stride if split == "train" else self.seq_len
-            self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, stride)
+        self.unknown = {split: prepared.unknown_chars(*regions[split]) for split in SPLITS[1:]}
+        lengths = torch.from_numpy(self.tokenizer.char_lengths())
+        self.datasets["train"] = WindowDataset(self.tokens["train"], self.seq_len, self.stride)
+        for split in SPLITS[1:]:  # windows that tile their region: every token is scored once
+            self.datasets[split] = WindowDataset(self.tokens[split], self.seq_len, self.seq_len, (lengths, self.unknown[split]))
         self._check_sizes()
         unknown = self._count_unknown({split: prepared.unknown_in(*regions[split]) for split in SPLITS})
         self.stats = {

@@ -54,9 +54,10 @@ from rnnlm.utils.files import disk_error, fsync_dir
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # of the files below; part of the cache key (3: each block's largest id, to check the ids)
+FORMAT = 4  # of the files below; part of the cache key (4: the characters each <unk> replaced)
 BLOCK = 1 << 20  # <unk> is counted per block of this many tokens, so any region's count is quick
 TOKENS, META, BLOCKS = "tokens.bin", "meta.json", "blocks.npy"  # blocks: [<unk> count, largest id] per block
+UNK_CHARS = "unk_chars.npy"  # the characters of the text each <unk> replaced, in order
 PROGRESS_MIN_BYTES = 32 << 20  # smaller corpora prepare in about a second: no progress bar
 # The code that turns text into tokens: a change to it prepares anew.
 CODE_VERSION = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in (_corpus, _tokenizers))).hexdigest()[:12]
@@ -89,6 +90,7 @@ class PreparedCorpus:
     # Where the val and test splits start in ``ids``: each split is encoded on its own from
     # the same characters whatever the tokenizer, so char, word and BPE models score one text.
     split_starts: tuple[int, int]
+    unk_chars: np.ndarray  # the characters each <unk> of ``ids`` replaced (int64, in order)
 
     def unknown_in(self, start: int, stop: int) -> int:
         """``<unk>`` tokens among ``ids[start:stop]``: whole blocks from the counts, the ends counted."""
@@ -97,6 +99,25 @@ class PreparedCorpus:
             return int(np.count_nonzero(self.ids[start:stop] == 0))
         return (int(self.unk_blocks[first:last].sum()) + int(np.count_nonzero(self.ids[start : first * BLOCK] == 0))
                 + int(np.count_nonzero(self.ids[last * BLOCK : stop] == 0)))
+
+    def unknown_chars(self, start: int, stop: int) -> UnknownChars:
+        """Where the ``<unk>`` of ``ids[start:stop]`` are and the characters each replaced."""
+        positions = np.flatnonzero(self.ids[start:stop] == 0)
+        first = self.unknown_in(0, start)
+        return UnknownChars(positions, self.unk_chars[first : first + len(positions)])
+
+
+class UnknownChars:
+    """The text each ``<unk>`` of a region replaced, by position: bits per character count the
+    text as written, so an ``<unk>`` adds the characters it stands for there."""
+
+    def __init__(self, positions: np.ndarray, chars: np.ndarray):
+        self.positions = positions  # sorted, within the region
+        self.cumulative = np.concatenate([[0.0], np.cumsum(chars, dtype=np.float64)])
+
+    def within(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        """The characters of the ``<unk>`` in each range ``[starts[i], stops[i])``."""
+        return self.cumulative[np.searchsorted(self.positions, stops)] - self.cumulative[np.searchsorted(self.positions, starts)]
 
 
 def cache_name(settings: CorpusSettings, sources: list[Source]) -> str:
@@ -174,6 +195,7 @@ def load(directory: Path) -> PreparedCorpus | str:
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
         blocks = np.load(directory / BLOCKS, allow_pickle=False)
+        unk_chars = np.load(directory / UNK_CHARS, allow_pickle=False)
         size = (directory / TOKENS).stat().st_size
     except FileNotFoundError as err:
         return f"{Path(err.filename).name} is missing"
@@ -196,11 +218,14 @@ def load(directory: Path) -> PreparedCorpus | str:
         return "its facts are not counts"
     if blocks.dtype != np.int64 or blocks.shape != (tokens // BLOCK + 1, 2) or not ((blocks[:, 0] >= 0) & (blocks[:, 0] <= BLOCK)).all():
         return f"{BLOCKS} does not describe {tokens} ids"
+    if unk_chars.dtype != np.int64 or unk_chars.shape != (int(blocks[:, 0].sum()),) or (unk_chars < 1).any():
+        return f"{UNK_CHARS} does not give a length for each of the {int(blocks[:, 0].sum())} <unk>"
     # Copy-on-write map: reading costs page cache only, and torch gets a writable array.
     ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(tokens,)) if tokens else np.zeros(0, dtype)
     if not np.array_equal(block_maxima(ids), blocks[:, 1]) or (tokens and int(blocks[:, 1].max()) >= len(tokenizer)):
         return f"{TOKENS} holds ids other than those prepared (or at least {len(tokenizer)}, the vocabulary size)"
-    return PreparedCorpus(tokenizer, ids, facts, blocks[:, 0], directory, reused=True, split_starts=(starts[0], starts[1]))
+    return PreparedCorpus(tokenizer, ids, facts, blocks[:, 0], directory, reused=True, split_starts=(starts[0], starts[1]),
+                          unk_chars=unk_chars)
 
 
 def block_maxima(ids: np.ndarray) -> np.ndarray:
@@ -263,6 +288,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     encoding = StreamFacts()
     pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: Counter[int] = Counter()  # <unk> tokens per block of BLOCK ids, where there are any
+    unk_chars: list[np.ndarray] = []  # the characters each <unk> replaced
     largest: dict[int, int] = {}  # each block's largest id, from the ids as encoded (not as read back)
     count, parts, split_starts = 0, [], []
     cutter = CharCutter(pieces)
@@ -271,7 +297,8 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
         for index, segment in enumerate(segments):
             if index:
                 split_starts.append(count)  # where the val (then test) split starts
-            for ids in tokenizer.encode_stream(segment):
+            for ids, replaced in tokenizer.encode_counted(segment):
+                unk_chars.append(replaced)
                 hit, hits = np.unique((np.flatnonzero(ids == 0) + count) // BLOCK, return_counts=True)
                 unk_blocks.update(dict(zip(hit.tolist(), hits.tolist())))
                 start = 0
@@ -296,12 +323,16 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     facts = {"documents": encoding.documents, "replaced_bytes": encoding.replaced_bytes, "chars": encoding.chars}
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
-        return PreparedCorpus(tokenizer, ids, facts, unk, None, reused=False, split_starts=tuple(split_starts))
+        return PreparedCorpus(tokenizer, ids, facts, unk, None, reused=False, split_starts=tuple(split_starts),
+                              unk_chars=np.concatenate([np.zeros(0, np.int64), *unk_chars]))
     maxima = np.full(count // BLOCK + 1, -1, dtype=np.int64)
     maxima[list(largest)] = list(largest.values())
     buffer = io.BytesIO()
     np.save(buffer, np.stack([unk, maxima], axis=1))
     _write_synced(directory / BLOCKS, buffer.getvalue())
+    buffer = io.BytesIO()
+    np.save(buffer, np.concatenate([np.zeros(0, np.int64), *unk_chars]))
+    _write_synced(directory / UNK_CHARS, buffer.getvalue())
     meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
                             "tokens": count, "split_starts": split_starts, "facts": facts, "settings": asdict(settings),
                             "sources": [s.identity() for s in sources]}

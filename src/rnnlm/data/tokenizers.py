@@ -29,7 +29,6 @@ DEFAULT_MAX_VOCAB = 16384  # word tokenizer: covers 98.4% of the plays' train to
 _WORD_CHUNK = 1 << 20  # characters split into words at a time
 UNICODE_SIZE = 0x110000  # code points 0 ... U+10FFFF
 MAX_START_CHARS = 1000  # the text a document starts with
-MAX_UNK_CHARS = 1 << 20  # mean characters <unk> stands for
 
 
 def smallest_int_dtype(vocab_size: int) -> np.dtype:
@@ -53,22 +52,37 @@ class Tokenizer:
 
     kind: str
 
-    def __init__(self, vocab: list[str], start: str = "\n\n", unk_chars: float = 1.0):
+    def __init__(self, vocab: list[str], start: str = "\n\n"):
         if not vocab or vocab[0] != UNK:
             raise ValueError(f"a vocabulary starts with {UNK!r}")
         self.vocab = list(vocab)
         self.start = start  # text that begins a document: what an empty prompt primes with
-        self.unk_chars = float(unk_chars)  # mean characters of what <unk> replaced in the train split
         self.index = {tok: i for i, tok in enumerate(self.vocab)}
         self._characters: frozenset[str] | None = None
 
     def char_lengths(self) -> np.ndarray:
         """Characters of text each id stands for (float64, one per id): bits per character
-        divide a text's bits by the sum of these over its tokens. ``<unk>`` counts as the mean
-        length of the tokens it replaced when the vocabulary was fitted."""
+        divide a text's bits by its characters as written. ``<unk>`` is 0 here: each one
+        replaced text of its own length, which :meth:`encode_counted` gives."""
         lengths = np.array([len(token) for token in self.vocab], dtype=np.float64)
-        lengths[0] = self.unk_chars
+        lengths[0] = 0.0
         return lengths
+
+    def encode_counted(self, pieces: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`encode_stream`'s parts, each with the characters of the text that each
+        ``<unk>`` among its ids replaced (int64, in order)."""
+        for ids in self.encode_stream(pieces):
+            yield ids, np.ones(np.count_nonzero(ids == 0), dtype=np.int64)  # one character each
+
+    def encode_with_chars(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of ``text`` and the characters each stands for there (float64): they sum
+        to ``len(text)``, whatever the vocabulary lacks."""
+        parts = list(self.encode_counted([text]))
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=self.dtype)
+        chars = self.char_lengths()[ids]
+        if parts:
+            chars[ids == 0] = np.concatenate([p[1] for p in parts])
+        return ids, chars
 
     def __len__(self) -> int:
         return len(self.vocab)
@@ -142,7 +156,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "vocab": list(self.vocab), "start": self.start, "unk_chars": self.unk_chars}
+        return {"kind": self.kind, "vocab": list(self.vocab), "start": self.start}
 
     def identity(self) -> dict[str, Any]:
         """What decides which text each id stands for and how text becomes ids: two tokenizers
@@ -166,8 +180,7 @@ class Tokenizer:
             if not isinstance(model_json, str):
                 raise ValueError(f"the BPE tokenizer's model_json is {type(model_json).__name__}, not text")
             return BPETokenizer(model_json, start)
-        # Checkpoints written before unk_chars existed: one character per <unk>.
-        vocab, unk_chars = state.get("vocab"), state.get("unk_chars", 1.0)
+        vocab = state.get("vocab")  # (an "unk_chars" of older states is not needed: see char_lengths)
         if not isinstance(vocab, list) or not 2 <= len(vocab) <= VOCAB:
             raise ValueError(f"the {kind} vocabulary is not a list of 2 to {VOCAB:,} tokens")
         bad = next((i for i, t in enumerate(vocab) if not isinstance(t, str) or not t or (kind == "char" and i and len(t) != 1)), None)
@@ -177,14 +190,12 @@ class Tokenizer:
         if len(set(vocab)) != len(vocab):
             twice = next(t for t, n in Counter(vocab).items() if n > 1)
             raise ValueError(f"the {kind} vocabulary holds {twice!r} twice")
-        if isinstance(unk_chars, bool) or not isinstance(unk_chars, (int, float)) or not 0 < unk_chars <= MAX_UNK_CHARS:
-            raise ValueError(f"the tokenizer's unk_chars is {unk_chars!r}, not a number in (0, {MAX_UNK_CHARS}]")
         if kind == WordTokenizer.kind:
             pattern = state.get("pattern", LEGACY_WORD_PATTERN)
             if pattern not in (WORD_PATTERN, LEGACY_WORD_PATTERN):  # a pattern runs on every prompt: only ours
                 raise ValueError(f"the word tokenizer's pattern {str(pattern)[:40]!r} is not one rnnlm writes")
-            return WordTokenizer(vocab, start, unk_chars, pattern)
-        return CharTokenizer(vocab, start, unk_chars)
+            return WordTokenizer(vocab, start, pattern)
+        return CharTokenizer(vocab, start)
 
 
 class CharTokenizer(Tokenizer):
@@ -192,8 +203,8 @@ class CharTokenizer(Tokenizer):
 
     kind = "char"
 
-    def __init__(self, vocab: list[str], start: str = "\n\n", unk_chars: float = 1.0):
-        super().__init__(vocab, start, 1.0)  # <unk> replaces one character
+    def __init__(self, vocab: list[str], start: str = "\n\n"):
+        super().__init__(vocab, start)
         self._table: np.ndarray | None = None  # id of every code point, built on first use
 
     @classmethod
@@ -227,8 +238,8 @@ class WordTokenizer(Tokenizer):
 
     kind = "word"
 
-    def __init__(self, vocab: list[str], start: str = "\n\n", unk_chars: float = 1.0, pattern: str = WORD_PATTERN):
-        super().__init__(vocab, start, unk_chars)
+    def __init__(self, vocab: list[str], start: str = "\n\n", pattern: str = WORD_PATTERN):
+        super().__init__(vocab, start)
         self.pattern = pattern
         self._regex = re.compile(pattern)
 
@@ -239,12 +250,7 @@ class WordTokenizer(Tokenizer):
         regex = re.compile(WORD_PATTERN)
         for words in _words(pieces, regex):
             counts.update(words)
-        vocab = [UNK, *_ranked(counts.items(), DEFAULT_MAX_VOCAB if max_vocab is None else max_vocab, min_freq)]
-        kept = set(vocab)
-        dropped = [(len(word), count) for word, count in counts.items() if word not in kept]
-        replaced = sum(count for _, count in dropped)
-        unk_chars = sum(length * count for length, count in dropped) / replaced if replaced else 1.0
-        return cls(vocab, unk_chars=unk_chars)
+        return cls([UNK, *_ranked(counts.items(), DEFAULT_MAX_VOCAB if max_vocab is None else max_vocab, min_freq)])
 
     def split(self, text: str) -> list[str]:
         return self._regex.findall(text)
@@ -253,6 +259,12 @@ class WordTokenizer(Tokenizer):
         get = self.index.get
         for words in _words(pieces, self._regex):
             yield np.fromiter((get(w, 0) for w in words), dtype=self.dtype, count=len(words))
+
+    def encode_counted(self, pieces: Iterable[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        get = self.index.get
+        for words in _words(pieces, self._regex):
+            ids = np.fromiter((get(w, 0) for w in words), dtype=self.dtype, count=len(words))
+            yield ids, np.array([len(w) for w in words if w not in self.index], dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "pattern": self.pattern}
@@ -280,8 +292,9 @@ def _words(pieces: Iterable[str], regex: re.Pattern[str]) -> Iterator[list[str]]
 class BPETokenizer(Tokenizer):
     """Byte-level BPE from the ``tokenizers`` library (GPT-2's pre-tokenization): any text
     encodes with no ``<unk>`` and decodes exactly. Id 0 is a ``<unk>`` that never occurs (the
-    other tokenizers' convention); ids 1-256 are the bytes, the rest learned merges. The whole
-    state is the library's JSON string, plain data in a checkpoint."""
+    other tokenizers' convention; text that reads ``<unk>`` is encoded as text); ids 1-256 are
+    the bytes, the rest learned merges. The whole state is the library's JSON string, plain
+    data in a checkpoint."""
 
     kind = "bpe"
     DEFAULT_SIZE = 1024
@@ -294,6 +307,7 @@ class BPETokenizer(Tokenizer):
             self._hf = HFTokenizer.from_str(model_json)
         except Exception as err:  # the library's own error type, its message names the JSON's fault
             raise ValueError(f"the BPE tokenizer's model_json does not load ({str(err).splitlines()[0][:120]})") from None
+        self._hf.encode_special_tokens = True  # text that reads "<unk>" is text: its bytes, not id 0
         byte_of = {char: byte for byte, char in enumerate(_byte_level_chars())}
         size = self._hf.get_vocab_size()
         tokens = [self._hf.id_to_token(i) for i in range(size)]
@@ -317,6 +331,7 @@ class BPETokenizer(Tokenizer):
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         hf.decoder = decoders.ByteLevel()
+        hf.encode_special_tokens = True  # "<unk>" in the text is learned from as text
         trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=max(min_freq, 1), special_tokens=[UNK],
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         hf.train_from_iterator(_pretoken_chunks(pieces), trainer=trainer)
@@ -347,9 +362,7 @@ class BPETokenizer(Tokenizer):
     def char_lengths(self) -> np.ndarray:
         """A token's characters are its bytes that start one (not UTF-8 continuation bytes):
         summed over a text's tokens, exactly its characters."""
-        lengths = np.array([sum((b & 0xC0) != 0x80 for b in t) for t in self.token_bytes], dtype=np.float64)
-        lengths[0] = 1.0
-        return lengths
+        return np.array([sum((b & 0xC0) != 0x80 for b in t) for t in self.token_bytes], dtype=np.float64)
 
     def encode_stream(self, pieces: Iterable[str]) -> Iterator[np.ndarray]:
         """Encoded a chunk at a time (see :func:`_pretoken_chunks`): the ids equal those of

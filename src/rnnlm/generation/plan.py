@@ -21,18 +21,20 @@ from rnnlm.utils.options import check_value
 MAX_BEAM_LENGTH = 100_000  # beams hold their whole sequences; sampling streams instead
 
 
-def text_ids(loaded: LoadedModel, text: str, unknown: str = "replace") -> torch.Tensor:
-    """The ids of a text to score (pieces the vocabulary lacks: see ``check_known``)."""
+def text_ids(loaded: LoadedModel, text: str, unknown: str = "replace") -> tuple[torch.Tensor, torch.Tensor]:
+    """The ids of a text to score (pieces the vocabulary lacks: see ``check_known``) and the
+    characters each stands for there (an ``<unk>``: those it replaced)."""
     check_known(loaded.tokenizer, text, "the text to score", unknown)
-    return torch.from_numpy(loaded.tokenizer.encode(text).astype("int64"))
+    ids, chars = loaded.tokenizer.encode_with_chars(text)
+    return torch.from_numpy(ids.astype("int64")), torch.from_numpy(chars)
 
 
-def score_text(loaded: LoadedModel, ids: torch.Tensor,
+def score_text(loaded: LoadedModel, ids: torch.Tensor, chars: torch.Tensor,
                each_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, Any]:
     """What ``mode=score`` reports of a text's ids: loss, perplexity, bits per token and per
-    character (``each_chunk``: see ``evaluation.score_totals``)."""
-    lengths = torch.from_numpy(loaded.tokenizer.char_lengths()).float()
-    return score_ids(loaded.net, ids, char_lengths=lengths, each_chunk=each_chunk)
+    character as written (``chars``: see :func:`text_ids`; ``each_chunk``: see
+    ``evaluation.score_totals``)."""
+    return score_ids(loaded.net, ids, chars=chars, each_chunk=each_chunk)
 
 
 def settings_from(cfg: Mapping[str, Any]) -> DecodeSettings:

@@ -77,14 +77,16 @@ def score_totals(net: nn.Module, ids: torch.Tensor, lanes: int = 1, chunk: int =
     return nll_sum, correct, count, chars
 
 
-def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096, char_lengths: torch.Tensor | None = None,
+def score_ids(net: nn.Module, ids: torch.Tensor, chunk: int = 4096, chars: torch.Tensor | None = None,
               each_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
     """Loss, perplexity, bits per token and per character, and accuracy of a text read in one
-    pass with the state carried (``each_chunk``: see :func:`score_totals`). The first token
-    has no context, so ``len(ids) - 1`` tokens are scored."""
+    pass with the state carried (``chars[i]``: the characters ``ids[i]`` stands for, one each
+    when ``None``; ``each_chunk``: see :func:`score_totals`). The first token has no context,
+    so ``len(ids) - 1`` tokens are scored."""
     if ids.numel() < 2:
         raise ConfigError("the text to score needs at least two tokens")
-    nll_sum, correct, count, chars = score_totals(net, ids, 1, chunk, char_lengths, each_chunk)
+    nll_sum, correct, count, _ = score_totals(net, ids, 1, chunk, None, each_chunk)
+    chars = float(chars[1 : count + 1].sum()) if chars is not None else count
     loss = nll_sum / count
     return {"loss": loss, "ppl": math.exp(loss), "bpt": loss / math.log(2), "bpc": nll_sum / math.log(2) / chars,
             "acc": correct / count, "tokens": count, "chars": chars}

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric, MinMetric
@@ -83,7 +84,8 @@ class LanguageModel(pl.LightningModule):
         object.__setattr__(self, "eval_scores", torch.compile(self.net.target_scores) if compile else self.net.target_scores)
         self.metrics = torch.nn.ModuleDict({f"{split}_{name}": MeanMetric() for split in ("val", "test")
                                             for name in ("loss", "acc", "chars")})
-        # Characters each id stands for (bits per character); from the tokenizer, not saved.
+        # Characters each id stands for (bits per character; <unk>: 0, its text counted by the
+        # data); from the tokenizer, not saved.
         lengths = Tokenizer.from_dict(tokenizer).char_lengths()
         self.register_buffer("char_lengths", torch.tensor(lengths, dtype=torch.float32), persistent=False)
         self.flops_per_batch = 0.0  # for Lightning's ThroughputMonitor; set each step
@@ -100,8 +102,8 @@ class LanguageModel(pl.LightningModule):
     def forward(self, tokens: torch.Tensor, state=None):
         return self.step_model(tokens, state)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
-        inputs, targets = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
+        inputs, targets = batch[:2]
         passes = 3 if split == "train" else 1  # backward ~ twice the forward
         self.flops_per_batch = passes * self._flops_per_token * targets.numel()
         if split == "train":
@@ -115,7 +117,9 @@ class LanguageModel(pl.LightningModule):
         correct = hits.float().mean()
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=targets.numel())
         self.metrics[f"{split}_acc"].update(correct, weight=targets.numel())
-        self.metrics[f"{split}_chars"].update(self.char_lengths[targets].mean(), weight=targets.numel())
+        # The characters the targets stand for as written (the data module counts each <unk>'s).
+        chars = batch[2].sum() if len(batch) > 2 else self.char_lengths[targets].sum()
+        self.metrics[f"{split}_chars"].update(chars / targets.numel(), weight=targets.numel())
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -153,9 +157,12 @@ class LanguageModel(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if not self.hparams.get("stateful_eval_lanes") or datamodule is None or self.trainer.sanity_checking:
             return
-        part = datamodule.tokens[split].tensor_split(self.trainer.world_size)[self.trainer.global_rank]
+        parts = datamodule.tokens[split].tensor_split(self.trainer.world_size)
+        part, offset = parts[self.trainer.global_rank], sum(len(p) for p in parts[: self.trainer.global_rank])
         lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
-        totals = score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths)
+        totals = list(score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths))
+        scored = np.array([offset + 1]), np.array([offset + 1 + lanes * ((len(part) - 1) // lanes)])
+        totals[3] += float(datamodule.unknown[split].within(*scored)[0])  # the targets' <unk> as written
         # Summed over the ranks' parts: the figures of the whole split.
         nll_sum, _, count, chars = self.trainer.strategy.reduce(torch.tensor(totals, device=self.device), reduce_op="sum")
         for name, value in {"loss": nll_sum / count, "bpt": nll_sum / count / LN2, "bpc": nll_sum / chars / LN2}.items():

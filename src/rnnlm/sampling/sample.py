@@ -56,7 +56,7 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     text = read_text_option(cfg, "text", "text_file")
     if not text:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
-    return score_text(loaded, text_ids(loaded, text, cfg.get("unknown", "replace")))
+    return score_text(loaded, *text_ids(loaded, text, cfg.get("unknown", "replace")))
 
 
 def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:

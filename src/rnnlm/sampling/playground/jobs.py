@@ -86,9 +86,9 @@ def score_job(model: PlaygroundModel, text: str, settings: DecodeSettings, unkno
     at T=1 and under ``settings`` (what sampling with them would have drawn from)."""
     start = time.perf_counter()
     tokenizer = model.loaded.tokenizer
-    ids = text_ids(model.loaded, text, unknown)
+    ids, chars = text_ids(model.loaded, text, unknown)
     table = TokenTable(None if is_greedy(settings) else settings)
-    figures = score_text(model.loaded, ids, each_chunk=table.add)  # one pass for both
+    figures = score_text(model.loaded, ids, chars, each_chunk=table.add)  # one pass for both
     details, sampled = table.columns, table.settings
     result = {"figures": figures, "ids": ids.tolist(), "pieces": text_pieces(tokenizer, ids.tolist()),
               "p": details["prob"], "top": [details["top_ids"], details["top_probs"]],
@@ -101,7 +101,7 @@ def score_job(model: PlaygroundModel, text: str, settings: DecodeSettings, unkno
 
 
 def _states(model: PlaygroundModel, text: str, unknown: str) -> tuple[list[str], list[dict[str, torch.Tensor]]]:
-    ids = text_ids(model.loaded, text, unknown)
+    ids, _ = text_ids(model.loaded, text, unknown)
     if ids.numel() == 0:
         raise ConfigError("the text is empty: paste some text to look inside the model with")
     return text_pieces(model.loaded.tokenizer, ids.tolist()), model.states(text)
