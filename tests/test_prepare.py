@@ -314,7 +314,7 @@ def test_a_prepare_waits_for_the_lock_another_process_holds(corpus_dir, tmp_path
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    name = prepare_module.cache_name(settings(corpus_dir), prepare_module.corpus_sources(str(corpus_dir), "*.txt"))
+    name = prepare_module.cache_name(settings(corpus_dir), prepare_module.layout_of(settings(corpus_dir)))
     code = ("import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
             "print('held', flush=True); time.sleep(1.5)")
     with started([sys.executable, "-c", code, str(cache / f"{name}.lock")], tmp_path, stdout=subprocess.PIPE) as holder:

@@ -152,6 +152,41 @@ def corpus_sources(path: str | Path | None = None, glob: str = "*.txt") -> list[
     return [Source(str(p), path=p) for p in text_files(path, glob)]
 
 
+# A file of a split-files corpus is named by one of these among the dot-separated parts of its
+# name: train.txt, valid.txt, test.txt, wiki.train.tokens, ptb.valid.txt, dev.jsonl...
+SPLIT_NAMES = {"train": "train", "valid": "val", "val": "val", "validation": "val", "dev": "val", "test": "test"}
+
+
+def corpus_layout(path: str | Path | None, glob: str = "*.txt", val_path: str | Path | None = None,
+                  test_path: str | Path | None = None) -> dict[str, list[Source]]:
+    """The documents of each split when the corpus comes in split files, ``{"train", "val",
+    "test"}`` (``test`` may be empty): ``val_path``/``test_path`` given, or ``path`` a directory
+    whose files are named train, valid and test. Otherwise ``{"all": ...}``, one text that
+    ``data.splits`` cuts by position."""
+    if val_path is not None or test_path is not None:
+        if path is None or val_path is None:
+            raise CorpusError("split files take the train text in data.path= and the validation text in data.val_path= "
+                              "(data.test_path= is optional); pass both")
+        return {"train": corpus_sources(path, glob), "val": corpus_sources(val_path, glob),
+                "test": corpus_sources(test_path, glob) if test_path is not None else []}
+    root = Path(path).expanduser() if path is not None else None
+    if root is None or not root.is_dir():
+        return {"all": corpus_sources(path, glob)}
+    named: dict[str, list[Path]] = {}
+    for file in sorted(root.iterdir()):
+        splits = {SPLIT_NAMES[part] for part in file.name.lower().split(".") if part in SPLIT_NAMES}
+        if file.is_file() and len(splits) == 1:
+            named.setdefault(splits.pop(), []).append(file)
+    if not named:
+        return {"all": corpus_sources(path, glob)}
+    twice = {split: files for split, files in named.items() if len(files) > 1}
+    if twice or "train" not in named or "val" not in named:
+        found = "; ".join(f"{split}: {', '.join(f.name for f in files)}" for split, files in sorted(named.items()))
+        raise CorpusError(f"{root} holds split files ({found}); a split-files directory needs exactly one train file, "
+                          "one valid (or val, validation, dev) file and at most one test file")
+    return {split: [Source(str(f), path=f) for f in named.get(split, [])] for split in ("train", "val", "test")}
+
+
 def _file_pieces(path: Path, errors: str, facts: StreamFacts) -> Iterator[str]:
     """The decoded text of one file, ``READ_BYTES`` at a time: a strict error names the file and
     byte offset; ``replace`` counts the bytes that did not survive."""

@@ -157,6 +157,8 @@ class CorpusDataModule(pl.LightningDataModule):
         calibration: float = 0.0,
         cache_dir: str | None = None,
         vocab_size: int | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
     ):
         super().__init__()
         check_args("data", tokenizer=tokenizer, max_vocab=max_vocab, min_freq=min_freq, seq_len=seq_len, stride=stride,
@@ -188,12 +190,13 @@ class CorpusDataModule(pl.LightningDataModule):
         self.cache_entry: Path | None = None
         self._prepared: PreparedCorpus | None = None  # what prepare_data() found or made, for setup()
         self.settings = CorpusSettings(path, glob, separator, encoding_errors, tokenizer, max_vocab, min_freq,
-                                       float(splits[0]), vocab_size, float(splits[1]))
+                                       float(splits[0]), vocab_size, float(splits[1]), val_path, test_path)
         self.seq_len, self.stride = seq_len, stride or seq_len
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.splits, self.num_workers, self.seed, self.order = tuple(splits), num_workers, seed, order
         self._resume: dict[str, int] = {}
         self.tokenizer: Tokenizer | None = None
+        self.split_files: bool | None = None  # known once set up
         self.tokens: dict[str, torch.Tensor] = {}
         self.unknown: dict[str, UnknownChars] = {}  # val and test: what each <unk> replaced
         self.datasets: dict[str, WindowDataset] = {}
@@ -230,6 +233,7 @@ class CorpusDataModule(pl.LightningDataModule):
             log.warning("replaced %d undecodable bytes with U+FFFD", prepared.facts["replaced_bytes"])
         self.tokenizer = prepared.tokenizer
         self.cache_entry = prepared.directory
+        self.split_files = prepared.split_files
         ids = torch.from_numpy(prepared.ids)
         bounds = [0, *prepared.split_starts, len(ids)]  # cut at the same characters for every tokenizer
         regions = {split: (bounds[i], bounds[i + 1]) for i, split in enumerate(SPLITS)}
@@ -283,6 +287,9 @@ class CorpusDataModule(pl.LightningDataModule):
 
     @property
     def has_test(self) -> bool:
+        """A test split exists: split files hold one, or ``data.splits`` gives it a share."""
+        if self.split_files:
+            return len(self.tokens["test"]) > 0
         return self.splits[2] > 0
 
     def _check_sizes(self) -> None:

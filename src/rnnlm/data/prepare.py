@@ -42,7 +42,7 @@ from rnnlm.data.corpus import (
     CharCutter,
     Source,
     StreamFacts,
-    corpus_sources,
+    corpus_layout,
     count_chars,
     empty_corpus,
     file_bytes,
@@ -77,6 +77,8 @@ class CorpusSettings:
     train_fraction: float
     vocab_size: int | None = None  # the BPE vocabulary to learn (tokenizer=bpe)
     val_fraction: float = 0.05  # the characters after the train split that validate
+    val_path: str | None = None  # split files: the validation text (path: the train text)
+    test_path: str | None = None  # and the test text, if any
 
 
 @dataclass
@@ -91,6 +93,7 @@ class PreparedCorpus:
     # the same characters whatever the tokenizer, so char, word and BPE models score one text.
     split_starts: tuple[int, int]
     unk_chars: np.ndarray  # the characters each <unk> of ``ids`` replaced (int64, in order)
+    split_files: bool = False  # the splits came as files (else cut from one text by data.splits)
 
     def unknown_in(self, start: int, stop: int) -> int:
         """``<unk>`` tokens among ``ids[start:stop]``: whole blocks from the counts, the ends counted."""
@@ -120,11 +123,20 @@ class UnknownChars:
         return self.cumulative[np.searchsorted(self.positions, stops)] - self.cumulative[np.searchsorted(self.positions, starts)]
 
 
-def cache_name(settings: CorpusSettings, sources: list[Source]) -> str:
+def layout_of(settings: CorpusSettings) -> dict[str, list[Source]]:
+    """The corpus's documents: ``{"all": ...}`` cut by ``data.splits``, or split files."""
+    return corpus_layout(settings.path, settings.glob, settings.val_path, settings.test_path)
+
+
+def _identity(layout: dict[str, list[Source]]) -> list[Any]:
+    return [[part, [s.identity() for s in sources]] for part, sources in layout.items()]
+
+
+def cache_name(settings: CorpusSettings, layout: dict[str, list[Source]]) -> str:
     """``<corpus>-<tokenizer>-<hash>``: readable, and new whenever the tokens would differ."""
     root = str(Path(settings.path).expanduser().resolve()) if settings.path else None  # a symlink: the same entry
     identity = {"format": FORMAT, "code": CODE_VERSION, "unicode": unicodedata.unidata_version,
-                "settings": {**asdict(settings), "path": root}, "sources": [s.identity() for s in sources]}
+                "settings": {**asdict(settings), "path": root}, "sources": _identity(layout)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
     stem = Path(root).name if root else "shakespeare"
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:40] or "corpus"
@@ -138,11 +150,11 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
     One process prepares an entry at a time: the others (a second run, the other ranks of an
     ``srun``/``torchrun`` job) wait on its lock file and then map what it wrote."""
     started = time.perf_counter()
-    sources = corpus_sources(settings.path, settings.glob)
+    layout = layout_of(settings)
     if cache_dir is None:
-        return _encode(settings, sources, None)
+        return _encode(settings, layout, None)
     root = Path(cache_dir).expanduser()
-    final = root / cache_name(settings, sources)
+    final = root / cache_name(settings, layout)
     found = load(final)
     if isinstance(found, PreparedCorpus):
         return found
@@ -169,7 +181,7 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
         partial = root / f"{final.name}.partial-{socket.gethostname()}-{os.getpid()}"
         try:
             partial.mkdir()
-            _encode(settings, sources, partial)
+            _encode(settings, layout, partial)
             os.rename(partial, final)
             fsync_dir(root)
         except OSError as err:
@@ -225,7 +237,7 @@ def load(directory: Path) -> PreparedCorpus | str:
     if not np.array_equal(block_maxima(ids), blocks[:, 1]) or (tokens and int(blocks[:, 1].max()) >= len(tokenizer)):
         return f"{TOKENS} holds ids other than those prepared (or at least {len(tokenizer)}, the vocabulary size)"
     return PreparedCorpus(tokenizer, ids, facts, blocks[:, 0], directory, reused=True, split_starts=(starts[0], starts[1]),
-                          unk_chars=unk_chars)
+                          unk_chars=unk_chars, split_files=meta.get("split_files") is True)
 
 
 def block_maxima(ids: np.ndarray) -> np.ndarray:
@@ -251,9 +263,10 @@ def _progress(sources: list[Source], label: str, facts: StreamFacts, pieces: Ite
         return
     from tqdm import tqdm
 
+    before = facts.bytes_read  # what other splits read into the same facts
     with tqdm(total=total, desc=f"prepare: {label}", unit="B", unit_scale=True, mininterval=1.0, leave=False) as bar:
         for piece in pieces:
-            bar.update(facts.bytes_read - bar.n)
+            bar.update(facts.bytes_read - before - bar.n)
             yield piece
         bar.update(total - bar.n)
 
@@ -264,19 +277,35 @@ def _any_text(sources: list[Source], settings: CorpusSettings) -> bool:
     return any(facts.nonblank for _ in stream_corpus(sources, settings.separator, settings.encoding_errors, facts))
 
 
-def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | None) -> PreparedCorpus | None:
+def _split_texts(settings: CorpusSettings, layout: dict[str, list[Source]], total_chars: int,
+                 facts: StreamFacts, label: str) -> list[Iterator[str]]:
+    """The train, val and test text, three streams of pieces to read in that order: each split
+    file on its own, or one text cut at the characters ``data.splits`` puts the bounds at."""
+    def read(sources: list[Source]) -> Iterator[str]:
+        return _progress(sources, label, facts, stream_corpus(sources, settings.separator, settings.encoding_errors, facts))
+
+    if "all" not in layout:
+        return [read(layout[split]) for split in ("train", "val", "test")]
+    bounds = (int(total_chars * settings.train_fraction), int(total_chars * (settings.train_fraction + settings.val_fraction)))
+    cutter = CharCutter(read(layout["all"]))
+    return [cutter.take(bounds[0]), cutter.take(bounds[1] - bounds[0]), cutter.take(None)]
+
+
+def _encode(settings: CorpusSettings, layout: dict[str, list[Source]], directory: Path | None) -> PreparedCorpus | None:
     """Count the characters, fit on the train split, encode into memory (returned) or ``directory``."""
-    total_chars = count_chars(sources, settings.separator, settings.encoding_errors)
-    # The same character bounds the data module would cut a character corpus at.
-    char_bounds = (int(total_chars * settings.train_fraction),
-                   int(total_chars * (settings.train_fraction + settings.val_fraction)))
+    sources = [source for part in layout.values() for source in part]
+    total_chars = sum(count_chars(part, settings.separator, settings.encoding_errors) for part in layout.values() if part)
     fitting = StreamFacts()
-    train_text = CharCutter(stream_corpus(sources, settings.separator, settings.encoding_errors, fitting)).take(char_bounds[0])
+    train_text = _split_texts(settings, layout, total_chars, fitting, "1/2 vocabulary")[0]
     size = settings.vocab_size if settings.tokenizer == "bpe" else settings.max_vocab
-    tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(_progress(sources, "1/2 vocabulary", fitting, train_text),
-                                                          size, settings.min_freq)
+    tokenizer = TOKENIZERS[settings.tokenizer].fit_stream(train_text, size, settings.min_freq)
     tokenizer.start = settings.separator
-    if not fitting.nonblank and not _any_text(sources, settings):
+    if "all" not in layout:  # split files: each must hold text
+        for split in ("train", "val", "test"):
+            if layout[split] and not _any_text(layout[split], settings):
+                raise CorpusError(f"the {split} split ({', '.join(s.name for s in layout[split])}) is empty (or only "
+                                  f"whitespace); pass a file with text as data.{'path' if split == 'train' else split + '_path'}")
+    elif not fitting.nonblank and not _any_text(sources, settings):
         raise empty_corpus(settings.path)
     if len(tokenizer) < 2:
         raise ConfigError(
@@ -286,13 +315,11 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
         )
 
     encoding = StreamFacts()
-    pieces = _progress(sources, "2/2 encoding", encoding, stream_corpus(sources, settings.separator, settings.encoding_errors, encoding))
     unk_blocks: Counter[int] = Counter()  # <unk> tokens per block of BLOCK ids, where there are any
     unk_chars: list[np.ndarray] = []  # the characters each <unk> replaced
     largest: dict[int, int] = {}  # each block's largest id, from the ids as encoded (not as read back)
     count, parts, split_starts = 0, [], []
-    cutter = CharCutter(pieces)
-    segments = (cutter.take(char_bounds[0]), cutter.take(char_bounds[1] - char_bounds[0]), cutter.take(None))
+    segments = _split_texts(settings, layout, total_chars, encoding, "2/2 encoding")
     with (directory / TOKENS).open("wb") if directory is not None else contextlib.nullcontext() as out:
         for index, segment in enumerate(segments):
             if index:
@@ -324,7 +351,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     if directory is None:
         ids = np.concatenate(parts) if parts else np.zeros(0, dtype=tokenizer.dtype)
         return PreparedCorpus(tokenizer, ids, facts, unk, None, reused=False, split_starts=tuple(split_starts),
-                              unk_chars=np.concatenate([np.zeros(0, np.int64), *unk_chars]))
+                              unk_chars=np.concatenate([np.zeros(0, np.int64), *unk_chars]), split_files="all" not in layout)
     maxima = np.full(count // BLOCK + 1, -1, dtype=np.int64)
     maxima[list(largest)] = list(largest.values())
     buffer = io.BytesIO()
@@ -335,7 +362,7 @@ def _encode(settings: CorpusSettings, sources: list[Source], directory: Path | N
     _write_synced(directory / UNK_CHARS, buffer.getvalue())
     meta: dict[str, Any] = {"format": FORMAT, "tokenizer": tokenizer.to_dict(), "dtype": tokenizer.dtype.name,
                             "tokens": count, "split_starts": split_starts, "facts": facts, "settings": asdict(settings),
-                            "sources": [s.identity() for s in sources]}
+                            "sources": _identity(layout), "split_files": "all" not in layout}
     _write_synced(directory / META, json.dumps(meta).encode())  # last: with the sizes, it marks the entry complete
     fsync_dir(directory)
     return None
