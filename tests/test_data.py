@@ -48,9 +48,9 @@ def test_stride_overlaps_windows(corpus_file):
     x0, _ = dm.datasets["train"][0]
     x1, _ = dm.datasets["train"][1]
     assert torch.equal(x0[4:], x1[:-4])
-    _, y0 = dm.datasets["val"][0]
-    v1, _ = dm.datasets["val"][1]
-    assert y0[-1] == v1[0]  # val windows tile their region: each token is scored once
+    _, y0, chars = dm.datasets["val"][0]
+    v1, *_ = dm.datasets["val"][1]
+    assert y0[-1] == v1[0] and chars == len(y0)  # val windows tile their region: each token is scored once
 
 
 def test_directory_corpus_with_glob_and_separator(tmp_path):
@@ -135,7 +135,7 @@ def test_calibration_is_cut_from_the_start_of_the_train_split(corpus_file):
 def test_word_tokenizer_corpus(corpus_file):
     dm = make_dm(corpus_file, tokenizer="word", max_vocab=500)
     assert dm.vocab_size == 500
-    x, _ = dm.datasets["val"][0]
+    x, *_ = dm.datasets["val"][0]
     assert len(dm.tokenizer.decode(x.tolist())) > 16
 
 

@@ -173,10 +173,10 @@ def test_weights_that_disagree_with_their_hyper_parameters_are_named(tmp_path, t
 def test_resuming_with_another_corpus_of_the_same_vocabulary_size_is_refused(tmp_path):
     from rnnlm.training.resume import check_architecture
 
-    saved = {"hyper_parameters": {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}}}
-    check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "a", "b"]}})
+    saved = {"hyper_parameters": {"vocab_size": 3, "tokenizer": {"kind": "char", "vocab": ["<unk>", "a", "b"]}}}
+    check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"kind": "char", "vocab": ["<unk>", "a", "b"]}})
     with pytest.raises(RnnlmError, match=r"another vocabulary of the same size \(2 of its 3 token ids mean other tokens"):
-        check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"vocab": ["<unk>", "b", "a"]}})
+        check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 3, "tokenizer": {"kind": "char", "vocab": ["<unk>", "b", "a"]}})
 
 
 def test_resuming_a_checkpoint_from_before_the_adaptive_softmax_names_the_output(tmp_path):
@@ -185,8 +185,8 @@ def test_resuming_a_checkpoint_from_before_the_adaptive_softmax_names_the_output
     from rnnlm.training.resume import check_architecture
 
     vocab = ["<unk>", *(f"w{i}" for i in range(9999))]
-    saved = {"hyper_parameters": {"vocab_size": 10_000, "tokenizer": {"vocab": vocab}, "cell": "lstm"}}
-    asked = {"vocab_size": 10_000, "tokenizer": {"vocab": vocab}, "cell": "lstm"}
+    saved = {"hyper_parameters": {"vocab_size": 10_000, "tokenizer": {"kind": "word", "vocab": vocab}, "cell": "lstm"}}
+    asked = {"vocab_size": 10_000, "tokenizer": {"kind": "word", "vocab": vocab}, "cell": "lstm"}
     check_architecture(tmp_path / "x.ckpt", saved, {**asked, "output": "softmax"})
     with pytest.raises(RnnlmError, match=r"model.output='adaptive' \(the checkpoint has 'softmax'\)") as info:
         check_architecture(tmp_path / "x.ckpt", saved, {**asked, "output": "adaptive", "adaptive_cutoffs": [10, 100]})
@@ -220,11 +220,14 @@ def test_resuming_a_bpe_run_on_other_merges_is_refused(tmp_path):
     """A BPE state has no vocabulary list: its merges (the tokenizers JSON) decide what an id means."""
     from rnnlm.training.resume import check_architecture
 
-    ours = {"kind": "bpe", "model_json": '{"merges": ["a b"]}', "start": "\n\n"}
+    from rnnlm.data.tokenizers import BPETokenizer
+
+    ours = BPETokenizer.fit("the cat sat on the mat. " * 40, 300).to_dict()
+    other = BPETokenizer.fit("a dog ran in the fog! " * 40, 300).to_dict()
     saved = {"hyper_parameters": {"vocab_size": 300, "tokenizer": ours}}
     check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 300, "tokenizer": dict(ours)})
-    with pytest.raises(RnnlmError, match=r"another vocabulary of the same size \(other BPE merges"):
-        check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 300, "tokenizer": {**ours, "model_json": "{}"}})
+    with pytest.raises(RnnlmError, match=r"another vocabulary of the same size \(\d+ of its \d+ token ids mean other tokens"):
+        check_architecture(tmp_path / "x.ckpt", saved, {"vocab_size": 300, "tokenizer": other})
 
 
 @pytest.mark.slow

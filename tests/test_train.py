@@ -11,7 +11,7 @@ import torch
 from rnnlm.models.evaluation import score_totals
 from rnnlm.models.loading import load_model
 from rnnlm.training import precision as runtime
-from rnnlm.training.train import resolve_precision, train
+from rnnlm.training.train import resolve_precision, summary, train
 from rnnlm.utils.errors import ConfigError
 from tests.conftest import CONF_DIR, TINY, compose_config
 from tests.processes import run_script as run_cli
@@ -498,3 +498,18 @@ def test_an_error_on_rank_zero_ends_the_ranks_it_launched(monkeypatch):
     monkeypatch.setattr(launcher, "kill", killed.append)
     stop_launched_ranks(trainer)
     assert killed == [signal.SIGKILL]
+
+
+def test_a_small_corpus_is_validated_every_two_passes_and_stops_when_it_no_longer_improves(tmp_path, corpus_text):
+    (tmp_path / "small.txt").write_text(corpus_text[:12_000], encoding="utf-8")  # ~10,800 train tokens
+    cfg = compose_config("train", [*TINY, f"data.path={tmp_path / 'small.txt'}", "data.seq_len=32", "data.batch_size=16",
+                                   "trainer.max_steps=200", "trainer.val_check_interval=100", "test=false",
+                                   "callbacks.sample_text=null", "callbacks.early_stopping.patience=1",
+                                   "callbacks.early_stopping.min_delta=10"], tmp_path / "run")
+    metrics, objects = train(cfg)
+    trainer, dm = objects["trainer"], objects["datamodule"]
+    per_pass = len(dm.datasets["train"]) // 16
+    assert trainer.val_check_interval == 2 * per_pass < 100  # two passes, not the 100 steps asked for
+    # The first validation sets the best; the second does not beat it by 10 bits: stopped there.
+    assert trainer.global_step == 4 * per_pass and metrics["train/passes"] == pytest.approx(4.0)
+    assert f"trained {trainer.global_step:,} steps: 4.0 passes over the train split" in summary(metrics, objects)

@@ -3,6 +3,7 @@ checkpoints on a signal, and Lightning's EMA of the weights done with once fitti
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,10 @@ from rnnlm.generation.decoding import DecodeSettings, generate
 from rnnlm.generation.prompt import encode_prompt
 from rnnlm.utils.errors import RnnlmError
 from rnnlm.utils.files import write_text
+from rnnlm.utils.options import check_args
 from rnnlm.utils.rundir import promote_pending_config
+
+log = logging.getLogger(__name__)
 
 
 def sample_texts(
@@ -157,6 +161,33 @@ class AdoptResumedConfig(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         promote_pending_config()
+
+
+class ValidationSchedule(pl.Callback):
+    """Validate at least every ``passes`` passes over the train split, as well as every
+    ``trainer.val_check_interval`` steps: on a small corpus a fixed number of steps can be
+    many passes, and the best point (before the model starts to memorise the text) falls
+    between two validations. Set before the fit loop reads the interval."""
+
+    def __init__(self, passes: float = 2.0):
+        check_args("callbacks.validation_schedule", passes=passes)
+        self.passes = passes
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage != "fit" or datamodule is None or not isinstance(trainer.val_check_interval, int):
+            return
+        steps = steps_per_pass(datamodule, trainer.world_size)
+        every = max(1, int(steps * self.passes))
+        if every < trainer.val_check_interval:
+            log.info("validating every %d steps (%g passes over the train split of %d steps each), "
+                     "not every trainer.val_check_interval=%d", every, self.passes, steps, trainer.val_check_interval)
+            trainer.val_check_interval = every
+
+
+def steps_per_pass(datamodule: Any, world_size: int = 1) -> int:
+    """Training steps that read the train split once (its windows over every rank's batches)."""
+    return max(1, len(datamodule.datasets["train"]) // (datamodule.batch_size * world_size))
 
 
 class ValidateAtLastStep(pl.Callback):

@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.models.calibration import Calibrate
 from rnnlm.models.module import LanguageModel
-from rnnlm.training.callbacks import AdoptResumedConfig, CheckpointOnInterrupt, sample_texts
+from rnnlm.training.callbacks import AdoptResumedConfig, CheckpointOnInterrupt, sample_texts, steps_per_pass
 from rnnlm.training.checkpoint_io import remove_partial_files
 from rnnlm.training.precision import auto_precision, check_precision
 from rnnlm.training.resume import check_architecture, check_resumable, resolve_ckpt_path
@@ -234,6 +234,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         until_interrupted(trainer, trainer.fit, model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics["train/passes"] = trainer.global_step / steps_per_pass(datamodule, trainer.world_size)  # over the train split
 
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb else ""
@@ -281,6 +282,8 @@ def summary(metrics: dict[str, float], objects: dict[str, Any], temperatures=(0.
                 f"{'':>5}  read in order, state carried: loss {metrics[f'{split}/loss_stateful']:.4f} | "
                 f"{bits(metrics, split, '_stateful')}"
             )
+    if "train/passes" in metrics:
+        lines.append(f"trained {objects['trainer'].global_step:,} steps: {metrics['train/passes']:.1f} passes over the train split")
     if "val/loss_best" in metrics:
         lines.append(f"best val loss: {metrics['val/loss_best']:.4f}")
     lines.append(f"best checkpoint: {objects['best_ckpt'] or '(none saved)'}")

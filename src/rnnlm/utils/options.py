@@ -176,6 +176,7 @@ OPTIONS: dict[str, Rule] = {
     "callbacks.*.decay": UNIT,
     "callbacks.*.patience": count(BIG, low=0),
     "callbacks.*.min_delta": Number(0, 1e6),
+    "callbacks.*.passes": Number(0.01, 1e6),  # validate at least every this many passes over the train split
     # sample.py, and the playground's requests
     "mode": Choice(("generate", "score", "serve")),
     "strategy": Choice(STRATEGIES),
