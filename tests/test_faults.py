@@ -218,9 +218,8 @@ def test_ctrl_c_during_a_checkpoint_write_takes_effect_once_it_is_written(tmp_pa
 
 def test_resuming_a_bpe_run_on_other_merges_is_refused(tmp_path):
     """A BPE state has no vocabulary list: its merges (the tokenizers JSON) decide what an id means."""
-    from rnnlm.training.resume import check_architecture
-
     from rnnlm.data.tokenizers import BPETokenizer
+    from rnnlm.training.resume import check_architecture
 
     ours = BPETokenizer.fit("the cat sat on the mat. " * 40, 300).to_dict()
     other = BPETokenizer.fit("a dog ran in the fog! " * 40, 300).to_dict()

@@ -1,6 +1,7 @@
 import csv
 import inspect
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -513,3 +514,16 @@ def test_a_small_corpus_is_validated_every_two_passes_and_stops_when_it_no_longe
     # The first validation sets the best; the second does not beat it by 10 bits: stopped there.
     assert trainer.global_step == 4 * per_pass and metrics["train/passes"] == pytest.approx(4.0)
     assert f"trained {trainer.global_step:,} steps: 4.0 passes over the train split" in summary(metrics, objects)
+
+
+def test_the_sample_prompt_the_vocabulary_lacks_starts_a_document_without_warnings(caplog):
+    from rnnlm.data.tokenizers import WordTokenizer
+    from rnnlm.models.network import RNNLM
+    from rnnlm.training.callbacks import sample_texts
+
+    tokenizer = WordTokenizer.fit("a b c. " * 50)  # no newline: "\n" is no token
+    assert tokenizer.unknown("\n")
+    net = RNNLM(len(tokenizer), "gru", hidden_size=8, num_layers=1, embedding_dim=4)
+    with caplog.at_level(logging.WARNING):
+        samples = sample_texts(net, tokenizer, [0.5, 1.0], 5, prompt="\n")
+    assert len(samples) == 2 and not caplog.records

@@ -36,11 +36,13 @@ def sample_texts(
     prompt: str = "\n",
     seed: int | None = 0,
 ) -> list[tuple[float, str]]:
-    """One sample per temperature, with the net briefly in eval mode."""
+    """One sample per temperature, with the net briefly in eval mode. A prompt with pieces the
+    vocabulary lacks (``"\n"`` is no word of a corpus whose lines end in " \n") starts a
+    document instead: a sample to watch training by, not a warning every few steps."""
     was_training = net.training
     net.eval()
     try:
-        ids = encode_prompt(tokenizer, prompt, unknown="replace")
+        ids = encode_prompt(tokenizer, "" if tokenizer.unknown(prompt) else prompt, unknown="replace")
         return [
             (t, tokenizer.decode(generate(net, ids, length, 1, DecodeSettings(temperature=t), seed=seed).tokens[0]))
             for t in temperatures
