@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "rnnlm"
 # Bottom to top. training and sampling are the two tasks: neither imports the other.
-LAYERS = ["utils", "data", "fastpaths", "models", "generation", {"training", "sampling"}, "report"]
+LAYERS = ["utils", "data", "fastpaths", "models", "generation", {"training", "sampling", "exporting"}, "report"]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in ([layer] if isinstance(layer, str) else layer)}
 RANK["rnnlm"] = len(LAYERS)  # the package's __init__: the config resolvers, above every layer
 

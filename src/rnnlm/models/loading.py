@@ -15,6 +15,7 @@ import torch
 from rnnlm.data.tokenizers import Tokenizer
 from rnnlm.models.module import CHECKPOINT_FORMAT, LanguageModel
 from rnnlm.models.network import RNNLM
+from rnnlm.models.onnx_net import OnnxNet, read_meta
 from rnnlm.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ OTHER_HINT = "use another checkpoint of the run (sample.py ckpt=<its run dir> pi
 
 @dataclass
 class LoadedModel:
-    net: RNNLM
+    net: RNNLM | OnnxNet  # an exported model runs on ONNX Runtime behind the same interface
     tokenizer: Tokenizer
     hparams: dict[str, Any]
     path: Path
@@ -140,10 +141,20 @@ def checkpoint_tokenizer(path: Path, hparams: dict[str, Any], hint: str = OTHER_
         raise CheckpointError(f"{path}: its tokenizer is damaged: {err}; {hint}", "a damaged tokenizer") from None
 
 
+def load_onnx(path: Path, device: str = "auto") -> LoadedModel:
+    """An exported ``model.onnx`` (``python export.py``), run by ONNX Runtime on the CPU."""
+    if device not in ("auto", "cpu"):
+        raise CheckpointError(f"device={device!r}: an exported model runs on the CPU (ONNX Runtime); use device=cpu or auto")
+    meta, tokenizer = read_meta(path)
+    return LoadedModel(OnnxNet(path, meta), tokenizer, meta, path, int(meta.get("global_step", 0)))
+
+
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """Rebuild the network and tokenizer from a checkpoint (or the newest one in a run dir
-    that loads), ready for inference."""
+    that loads, or an exported ``.onnx`` file), ready for inference."""
     path = Path(path).expanduser()
+    if path.suffix == ".onnx" and path.is_file():
+        return load_onnx(path, device)
     if path.is_dir():
         path, checkpoint = newest_loadable(path, f"ckpt={path}")
     else:

@@ -179,6 +179,9 @@ OPTIONS: dict[str, Rule] = {
     "callbacks.*.passes": Number(0.01, 1e6),  # validate at least every this many passes over the train split
     # sample.py, and the playground's requests
     "mode": Choice(("generate", "score", "serve")),
+    # export.py
+    "format": Choice(("onnx", "web")),
+    "quantize": Choice(("int8",), nullable=True),
     "strategy": Choice(STRATEGIES),
     "unknown": Choice(("replace", "error")),
     "length": count(10**8, low=0),  # tokens per sample; beam search is held to less (generation.plan)
