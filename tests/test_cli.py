@@ -104,3 +104,15 @@ def test_train_cli_takes_a_non_ascii_corpus_path(tmp_path, corpus_text):
                         "callbacks.sample_text=null", f"data.path={corpus}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_an_interpolation_that_cannot_be_resolved_is_one_line(tmp_path):
+
+    from rnnlm.utils.cli import as_user_error
+
+    cfg = compose_config("sample", ["prompt=${foo}"], tmp_path)
+    with pytest.raises(Exception) as raised:
+        OmegaConf.to_container(cfg, resolve=True)
+    err = as_user_error(raised.value)
+    assert isinstance(err, ConfigError) and "\n" not in str(err)
+    assert str(err).startswith("prompt: Interpolation key 'foo' not found; text that holds '${' is read as an interpolation")

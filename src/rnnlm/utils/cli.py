@@ -16,6 +16,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationResolutionError
 
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import NO_SPACE, disk_error, os_error_in, write_text
@@ -112,6 +113,10 @@ def as_user_error(err: BaseException) -> RnnlmError | None:
     control (a logger, Hydra's log file), reported like our own writes'."""
     if isinstance(err, RnnlmError):
         return err
+    if isinstance(err, InterpolationResolutionError):  # a ${...} in a value, met when the config is read
+        key = getattr(err, "full_key", None) or "a setting"
+        return ConfigError(f"{key}: {str(err).splitlines()[0]}; text that holds '${{' is read as an interpolation: "
+                           f"escape it to keep it as text ({key}='\\${{...}}')")
     cause = os_error_in(err)
     if cause is None or cause.errno not in (*NO_SPACE, errno.EIO):
         return None
