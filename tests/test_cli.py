@@ -116,3 +116,38 @@ def test_an_interpolation_that_cannot_be_resolved_is_one_line(tmp_path):
     err = as_user_error(raised.value)
     assert isinstance(err, ConfigError) and "\n" not in str(err)
     assert str(err).startswith("prompt: Interpolation key 'foo' not found; text that holds '${' is read as an interpolation")
+
+
+def test_text_that_hydra_reads_as_a_sweep_is_refused_outside_a_multirun():
+    with pytest.raises(ConfigError, match=r"'prompt=a,b' is a sweep to Hydra .* quote it: prompt='a,b'"):
+        quote_text_overrides(["prompt=a,b"])
+    assert quote_text_overrides(["-m", "prompt=a,b"]) == ["-m", "prompt=a,b"]  # a sweep, as asked
+    assert quote_text_overrides(["model.hidden_size=16,32"]) == ["model.hidden_size=16,32"]  # not text: Hydra's to judge
+
+
+@pytest.mark.parametrize(("name", "overrides", "message"), [
+    ("train", ["data=text"], r"data.path= is empty; pass a UTF-8 file or directory"),
+    ("train", ["experiment=tinyshakespeare"], r"data.path= is empty"),
+    ("train", ["trainer.devices=1000", "trainer.accelerator=cpu"], r"trainer.devices=1000 starts 1000 training processes on a CPU with \d+ cores"),
+    ("train", ["model.optimizer._target_=torch.optim.Bogus"], r"torch.optim.Bogus is no class or function that can be imported"),
+    ("sample", ["stream=maybe"], r"stream='maybe' is not allowed: it must be true or false"),
+    ("train", ["test=yes"], r"test='yes' is not allowed: it must be true or false"),
+])
+def test_careless_settings_are_one_line(tmp_path, corpus_file, name, overrides, message):
+    from rnnlm.sampling.sample import sample
+
+    extra = [f"ckpt={tmp_path / 'none.ckpt'}"] if name == "sample" else [*TINY]
+    cfg = compose_config(name, [*extra, *overrides], tmp_path / "run")
+    with pytest.raises(ConfigError, match=message):
+        (sample if name == "sample" else train)(cfg)
+
+
+def test_a_checkpoint_that_is_a_pipe_is_refused_without_reading_it(tmp_path):
+    import os
+
+    from rnnlm.models.loading import read_checkpoint
+    from rnnlm.utils.errors import CheckpointError
+
+    os.mkfifo(tmp_path / "pipe.ckpt")
+    with pytest.raises(CheckpointError, match="pipe.ckpt is not a regular file"):
+        read_checkpoint(tmp_path / "pipe.ckpt")

@@ -218,6 +218,7 @@ def test_cell_view_and_find_cells(playground):
     ("api/generate", {"beam_width": 1000, "strategy": "beam"}, "beam_width=1000 is above the playground's cap of 16"),
     ("api/generate", {"strategy": "beam", "length": 4000}, "too long for beam search (at most 1000)"),
     ("api/generate", {"seed": 10**400, "length": 1}, "is not allowed"),  # too long for a torch seed
+    ("api/generate", {"stop": "x" * 1001, "length": 5}, "stop= has 1,001 characters; it must have at most 1,000"),
 ])
 def test_bad_requests_get_one_line_errors(playground, path, body, match):
     url, _ = playground
@@ -260,6 +261,13 @@ def test_malformed_and_oversized_bodies(playground):
     plain = httpx.post(url + "api/generate", content=b'{"length": 5}', headers={"Content-Type": "text/plain"})
     assert plain.status_code == 400 and "Content-Type: application/json" in plain.json()["error"]
     assert httpx.get(url + "static/%2e%2e/%2e%2e/conftest.py").status_code == 404
+    deep = httpx.post(url + "api/score", content=b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", headers=as_json)
+    assert deep.status_code == 400 and deep.json()["error"].startswith("the request body nests too deeply")
+    surrogate = httpx.post(url + "api/generate", content=b'{"stop": "\\udfff", "length": 5}', headers=as_json)
+    assert surrogate.status_code == 400 and surrogate.json()["error"] == "stop= is not valid text: a lone UTF-16 surrogate at character 0"
+    wrong = httpx.get(url + "api/generate")  # Starlette's own refusals answer in JSON too
+    assert wrong.status_code == 405 and wrong.json()["error"] == "GET /api/generate: Method Not Allowed"
+    assert httpx.get(url + "api/nothing").json()["error"] == "GET /api/nothing: Not Found"
     assert httpx.get(url + "static/..%2f..%2fapp.py").status_code == 404
     assert httpx.get(url + "api/nothing").status_code == 404
     surrogate = httpx.post(url + "api/score", content=b'{"text": "ab\\ud800c"}', headers=as_json)

@@ -164,6 +164,9 @@ class CorpusDataModule(pl.LightningDataModule):
         check_args("data", tokenizer=tokenizer, max_vocab=max_vocab, min_freq=min_freq, seq_len=seq_len, stride=stride,
                    batch_size=batch_size, eval_batch_size=eval_batch_size, splits=list(splits), num_workers=num_workers,
                    seed=seed, order=order, calibration=calibration, vocab_size=vocab_size)
+        for option, value in (("path", path), ("val_path", val_path), ("test_path", test_path)):
+            if value is not None and not str(value).strip():
+                raise ConfigError(f"data.{option}= is empty; pass a UTF-8 file or directory")
         if tokenizer == "bpe" and max_vocab is not None:
             raise ConfigError(f"data.max_vocab={max_vocab} does not apply to data.tokenizer=bpe; "
                               f"set the size it learns with data.vocab_size={max_vocab}")

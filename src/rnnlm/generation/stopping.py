@@ -20,6 +20,10 @@ def check_stop(tokenizer: Tokenizer, stop: str) -> str:
     """``stop`` if a model with this vocabulary can produce it, else a one-line :class:`ConfigError`."""
     if not isinstance(stop, str):
         raise ConfigError(f"stop={stop!r} must be text (quote it: stop='{stop}')")
+    try:
+        stop.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ConfigError(f"stop= is not valid text: a lone UTF-16 surrogate at character {err.start}") from None
     if len(stop) > MAX_STOP_CHARS:
         raise ConfigError(f"stop= has {len(stop):,} characters; it must have at most {MAX_STOP_CHARS:,}")
     alphabet = tokenizer.characters()

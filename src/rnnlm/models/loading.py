@@ -79,6 +79,8 @@ def read_checkpoint(path: str | Path, option: str = "ckpt", hint: str | None = N
         raise CheckpointError(f"{option}={path} does not exist; {hint}", "it does not exist")
     if path.is_dir():
         raise CheckpointError(f"{option}={path} is a directory; pass a .ckpt file in it, or its run dir to sample.py", "a directory")
+    if not path.is_file():  # a pipe or a device would block or never end
+        raise CheckpointError(f"{option}={path} is not a regular file; pass a .ckpt file", "not a regular file")
     unreadable = f"{path} is not a readable checkpoint (truncated or corrupted?)"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

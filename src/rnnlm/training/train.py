@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import signal
 import time
 import warnings
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -52,7 +55,20 @@ def build(config: DictConfig, name: str = "", **kwargs: Any) -> Any:
             message = " ".join(str(cause).split())
             where = f"the {name} settings" if name else f"the settings of {config.get('_target_')}"
             raise ConfigError(f"{config.get('_target_')} refused {where}: {message}; fix that override") from None
+        target = re.match(r"Error locating target '([^']*)'", str(err))  # a _target_ that names nothing importable
+        if target:
+            raise ConfigError(f"{target.group(1)} is no class or function that can be imported; fix that _target_ override") from None
         raise
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """On a CPU each device is a process: more of them than cores is refused before they start."""
+    devices, accelerator = cfg.trainer.get("devices"), str(cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    cores = os.cpu_count() or 1
+    if on_cpu and isinstance(devices, int) and not isinstance(devices, bool) and devices > cores:
+        raise ConfigError(f"trainer.devices={devices} starts {devices} training processes on a CPU with {cores} cores; "
+                          f"use at most trainer.devices={cores} (each process already uses several threads)")
 
 
 def resolve_precision(cfg: DictConfig) -> None:
@@ -208,6 +224,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     if cfg.get("prepare_only"):
         return prepare_corpus(cfg)
+    check_devices(cfg)
     resolve_precision(cfg)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)

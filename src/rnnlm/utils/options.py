@@ -92,6 +92,17 @@ class Choice:
         return (value is None and self.nullable) or (isinstance(value, str) and value in self.names)
 
 
+@dataclass(frozen=True)
+class Flag:
+    """true or false."""
+
+    def allowed(self) -> str:
+        return "true or false"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+
 def _fmt(x: float) -> str:
     """1000000000 as 1,000,000,000; 65535 as itself (a port, a width)."""
     return (f"{int(x):,}" if abs(x) >= 100_000 else str(int(x))) if float(x).is_integer() else str(x)
@@ -102,7 +113,8 @@ def count(high: int, nullable: bool = False, low: int = 1) -> Number:
     return Number(low, high, integer=True, nullable=nullable)
 
 
-Rule = Number | Choice
+Rule = Number | Choice | Flag
+FLAG = Flag()
 BIG = 10**9  # steps, batches, epochs: far beyond any run, small enough that no product overflows
 WIDTH = 2**14  # units of a layer: a 16k-unit LSTM layer already holds 2.1 G weights
 VOCAB = 2**24  # vocabulary entries (and ids): ids are stored as int32 at most
@@ -179,6 +191,11 @@ OPTIONS: dict[str, Rule] = {
     "callbacks.*.passes": Number(0.01, 1e6),  # validate at least every this many passes over the train split
     # sample.py, and the playground's requests
     "mode": Choice(("generate", "score", "serve")),
+    "stream": FLAG,
+    "test": FLAG,
+    "prepare_only": FLAG,
+    "model.compile": FLAG,
+    "model.tie_weights": FLAG,
     # export.py
     "format": Choice(("onnx", "web")),
     "quantize": Choice(("int8",), nullable=True),

@@ -48,6 +48,16 @@ def _hydra_reads(arg: str, value: str) -> bool:
     return quoted or not CONTROL.search(value) or parsed.value() == value
 
 
+def _is_sweep(arg: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(arg).is_sweep_override()
+    except HydraException:
+        return False
+
+
 def quote_text_overrides(args: Sequence[str]) -> list[str]:
     """``args`` (without the program name) with each ``key=value`` that Hydra cannot read as
     typed (``prompt=循环``, ``prompt=it's``, ``stop=$'\\t'``) turned into ``key='value'``.
@@ -58,6 +68,7 @@ def quote_text_overrides(args: Sequence[str]) -> list[str]:
     """
     result: list[str] = []
     takes_value = False
+    multirun = any(arg in ("-m", "--multirun") for arg in args)
     for arg in args:
         if takes_value or arg.startswith("-"):
             takes_value = arg in FLAGS_WITH_VALUES
@@ -70,6 +81,9 @@ def quote_text_overrides(args: Sequence[str]) -> list[str]:
             except UnicodeEncodeError as err:  # undecodable bytes reach sys.argv as lone surrogates
                 raise ConfigError(f"{key}= holds bytes that are not UTF-8 (at character {err.start}); pass UTF-8 text "
                                   "(prompt_file= and text_file= take a UTF-8 file)") from None
+        if sep and not multirun and key.lstrip("+~") in TEXT_OPTIONS and _is_sweep(arg):
+            raise ConfigError(f"{arg!r} is a sweep to Hydra (',' separates its values), which runs only with -m; "
+                              f"if the value is text, quote it: {key}={quote_value(value)}")
         if sep and not _hydra_reads(arg, value):
             if HYDRA_SYNTAX.search(value):
                 raise ConfigError(

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -82,6 +83,13 @@ async def refused(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse({"error": one_line(err)}, status_code=503 if isinstance(err, Busy) else 400)
 
 
+async def http_error(request: Request, err: Exception) -> JSONResponse:
+    """Starlette's own refusals (404, 405) as the API's other errors are: JSON with one line."""
+    assert isinstance(err, HTTPException)
+    return JSONResponse({"error": f"{request.method} {request.url.path}: {err.detail}"}, status_code=err.status_code,
+                        headers=err.headers)
+
+
 async def failed(request: Request, err: Exception) -> JSONResponse:
     """Our own failure (500), in one line; Starlette then re-raises it for the server's log."""
     return JSONResponse({"error": f"the server failed on this request ({type(err).__name__}: {one_line(err)})"},
@@ -103,6 +111,8 @@ async def read_json(request: Request, allowed: tuple[str, ...]) -> dict[str, Any
         data = json.loads(body or b"{}")
     except ValueError:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
         raise ConfigError("the request body is not JSON (or holds a number too long to read)") from None
+    except RecursionError:  # [[[[...]]]] nested past the parser's depth
+        raise ConfigError("the request body nests too deeply; send the settings as one flat JSON object") from None
     if not isinstance(data, dict):
         raise ConfigError("the request body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
@@ -379,7 +389,7 @@ def create_app(catalogue: Catalogue, defaults: dict[str, Any], on_ready: Callabl
         playground.close()
 
     hosts = ["*"] if host is None else sorted({host, f"[{host}]" if ":" in host else host, "127.0.0.1", "localhost", "[::1]"})
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={RnnlmError: refused, Exception: failed},
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={RnnlmError: refused, HTTPException: http_error, Exception: failed},
                     middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.playground = playground
     return app
