@@ -258,6 +258,16 @@ def edit_meta(change):
     return damage
 
 
+def changed_id(value):
+    """One id (not its block's largest) set to ``value``: an <unk> the entry never had."""
+    def damage(entry: Path) -> None:
+        meta = json.loads((entry / META).read_text())
+        ids = np.memmap(entry / "tokens.bin", dtype=meta["dtype"], mode="r+")
+        ids[3] = value
+        ids.flush()
+    return damage
+
+
 def set_id(entry: Path) -> None:
     """One id raised to the vocabulary's size (its type holds it)."""
     meta = json.loads((entry / META).read_text())
@@ -269,6 +279,7 @@ def set_id(entry: Path) -> None:
 DAMAGE = {  # a cache entry's files are untrusted: each of these is found and the entry prepared again
     "ids overwritten with 0xFF at the same size": lambda e: (e / "tokens.bin").write_bytes(b"\xff" * (e / "tokens.bin").stat().st_size),
     "one id past the vocabulary": set_id,
+    "one id turned into <unk>": changed_id(0),
     "the vocabulary shortened": edit_meta(lambda m: m["tokenizer"]["vocab"].pop()),
     "the block counts replaced by text": lambda e: (e / "blocks.npy").write_text("not numpy"),
     "the block counts a pickled object": lambda e: np.save(e / "blocks.npy", np.array([{}], dtype=object), allow_pickle=True),
@@ -351,3 +362,8 @@ def test_sigterm_while_preparing_cleans_up_and_says_so(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert stderr.strip().splitlines()[-1].startswith("interrupted: SIGTERM while preparing the corpus")
     assert not list(cache.glob("*.partial-*")) and not any(p.is_dir() for p in cache.iterdir())
+
+
+def test_an_empty_separator_prepares_and_reads_back(corpus_dir, tmp_path):
+    prepared = prepare(settings(corpus_dir, separator=""), tmp_path / "cache")  # documents run into each other
+    assert prepared.tokenizer.start == "" and isinstance(load(prepared.directory), type(prepared))

@@ -55,6 +55,7 @@ def test_split_files_named_by_option_and_a_missing_test(tmp_path):
 
 @pytest.mark.parametrize(("files", "options", "message"), [
     ({"train.txt": TRAIN, "test.txt": TEST}, {}, r"holds split files \(test: test.txt; train: train.txt\); a split-files directory needs"),
+    ({"train.txt": TRAIN, "valid.txt": VALID}, {"val_path": "valid.txt"}, r"valid.txt is both in the train text \(data.path\) and the val text"),
     ({"train.txt": TRAIN, "train.md": TRAIN, "valid.txt": VALID}, {}, r"train: train.md, train.txt"),
     ({"train.txt": TRAIN, "valid.txt": "\n\n  \n"}, {}, r"the val split \(.*valid.txt\) is empty \(or only whitespace\); pass a file with text as data.val_path"),
     ({"a.txt": TRAIN}, {"val_path": "missing.txt"}, r"corpus path .*missing.txt does not exist"),
@@ -66,6 +67,12 @@ def test_a_missing_or_empty_split_is_one_line(tmp_path, files, options, message)
     options = {k: str(root / v) for k, v in options.items()}
     with pytest.raises(CorpusError, match=message):
         data_module(tmp_path, path=path, **options)
+
+
+def test_a_test_file_among_chapters_is_still_one_text(tmp_path):
+    root = write(tmp_path / "book", {"chapter1.txt": TRAIN, "test.txt": VALID})  # no train file: not split files
+    dm = data_module(tmp_path, path=str(root))
+    assert not dm.split_files and sum(len(dm.tokens[s]) for s in ("train", "val", "test")) == len(TRAIN.strip("\n")) + 2 + len(VALID.strip("\n"))
 
 
 def test_train_on_a_directory_of_split_files_reports_the_test_file(tmp_path):

@@ -90,6 +90,16 @@ def test_beam_search_sets_aside_beams_whose_text_reaches_the_string(kind):
     assert any(stop in tokenizer.decode(t) for t in cut.tokens)
 
 
+
+def test_beam_search_returns_each_beam_once_when_beams_end():
+    tokenizer = CharTokenizer.fit("ab" * 20)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        net = RNNLM(len(tokenizer), "gru", hidden_size=8, num_layers=1, embedding_dim=4).eval()
+        out = generate(net, [1], 10, 3, DecodeSettings(strategy="beam", beam_width=3), text=TextStreams(tokenizer, 1, "b"))
+        assert len({tuple(t) for t in out.tokens}) == len(out.tokens), out.tokens
+
+
 @pytest.mark.parametrize(("kind", "stop", "message"), [
     ("char", "🎭", r"stop='🎭' has 1 character\(s\) that no token of the checkpoint's vocabulary contains: '🎭'"),
     ("word", "x" * 1001, r"stop= has 1,001 characters; it must have at most 1,000"),

@@ -527,3 +527,11 @@ def test_the_sample_prompt_the_vocabulary_lacks_starts_a_document_without_warnin
     with caplog.at_level(logging.WARNING):
         samples = sample_texts(net, tokenizer, [0.5, 1.0], 5, prompt="\n")
     assert len(samples) == 2 and not caplog.records
+
+
+def test_a_resumed_run_keeps_the_patience_it_asks_for():
+    from rnnlm.training.callbacks import EarlyStopping
+
+    stopper = EarlyStopping(monitor="val/bpc", patience=10)
+    stopper.load_state_dict({"wait_count": 3, "stopped_epoch": 0, "best_score": torch.tensor(2.0), "patience": 3})
+    assert stopper.patience == 10 and stopper.wait_count == 3

@@ -68,7 +68,7 @@ CASES = [  # (tokenizer, what is done to the checkpoint, the line expected)
     ("char", tokenizer_field("vocab", "abc"), r"the char vocabulary is not a list of 2 to 16,777,216 tokens"),
     ("word", tokenizer_field("pattern", "(unclosed"), r"the word tokenizer's pattern '\(unclosed' is not one rnnlm writes"),
     ("word", tokenizer_field("pattern", r"(a+)+$"), r"is not one rnnlm writes"),
-    ("char", tokenizer_field("start", 5), r"the tokenizer's start text is int '5', not text of 1 to 1000 characters"),
+    ("char", tokenizer_field("start", 5), r"the tokenizer's start text is int '5', not text of at most 1048576 characters"),
     ("char", tokenizer_field("kind", "gpt"), r"tokenizer kind 'gpt' is none of char, word, bpe"),
     ("bpe", tokenizer_field("model_json", 5), r"the BPE tokenizer's model_json is int, not text"),
     ("bpe", lambda c: c["hyper_parameters"]["tokenizer"].update(model_json=c["hyper_parameters"]["tokenizer"]["model_json"][:500]),

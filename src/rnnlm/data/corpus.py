@@ -161,14 +161,21 @@ def corpus_layout(path: str | Path | None, glob: str = "*.txt", val_path: str | 
                   test_path: str | Path | None = None) -> dict[str, list[Source]]:
     """The documents of each split when the corpus comes in split files, ``{"train", "val",
     "test"}`` (``test`` may be empty): ``val_path``/``test_path`` given, or ``path`` a directory
-    whose files are named train, valid and test. Otherwise ``{"all": ...}``, one text that
-    ``data.splits`` cuts by position."""
+    holding a file named train (and then valid, and optionally test; any extension, whatever
+    ``glob``). Otherwise ``{"all": ...}``, one text that ``data.splits`` cuts by position."""
     if val_path is not None or test_path is not None:
         if path is None or val_path is None:
             raise CorpusError("split files take the train text in data.path= and the validation text in data.val_path= "
                               "(data.test_path= is optional); pass both")
-        return {"train": corpus_sources(path, glob), "val": corpus_sources(val_path, glob),
-                "test": corpus_sources(test_path, glob) if test_path is not None else []}
+        layout = {"train": corpus_sources(path, glob), "val": corpus_sources(val_path, glob),
+                  "test": corpus_sources(test_path, glob) if test_path is not None else []}
+        trained_on = {source.path.resolve() for source in layout["train"] if source.path is not None}
+        for split in ("val", "test"):
+            inside = [s.name for s in layout[split] if s.path is not None and s.path.resolve() in trained_on]
+            if inside:
+                raise CorpusError(f"{inside[0]} is both in the train text (data.path) and the {split} text: the model "
+                                  f"would be scored on what it learned; point data.path at the train file(s) only")
+        return layout
     root = Path(path).expanduser() if path is not None else None
     if root is None or not root.is_dir():
         return {"all": corpus_sources(path, glob)}
@@ -177,10 +184,10 @@ def corpus_layout(path: str | Path | None, glob: str = "*.txt", val_path: str | 
         splits = {SPLIT_NAMES[part] for part in file.name.lower().split(".") if part in SPLIT_NAMES}
         if file.is_file() and len(splits) == 1:
             named.setdefault(splits.pop(), []).append(file)
-    if not named:
+    if "train" not in named:  # a test.txt among chapters does not make a split-files corpus; a train file does
         return {"all": corpus_sources(path, glob)}
     twice = {split: files for split, files in named.items() if len(files) > 1}
-    if twice or "train" not in named or "val" not in named:
+    if twice or "val" not in named:
         found = "; ".join(f"{split}: {', '.join(f.name for f in files)}" for split, files in sorted(named.items()))
         raise CorpusError(f"{root} holds split files ({found}); a split-files directory needs exactly one train file, "
                           "one valid (or val, validation, dev) file and at most one test file")

@@ -56,6 +56,7 @@ class WindowDataset(Dataset):
         lengths, unknown = self.chars
         first = starts.numpy() + 1  # the targets' positions
         chars = lengths[windows[:, 1:]].sum(1) + torch.from_numpy(unknown.within(first, first + self.seq_len))
+        chars = chars.float()  # whole numbers, exact in fp32; float64 does not go to every device (MPS)
         return windows[:, :-1], windows[:, 1:], chars
 
     def __getitem__(self, index: int) -> Batch:
@@ -247,6 +248,9 @@ class CorpusDataModule(pl.LightningDataModule):
             cut = int(len(ids) * self.calibration)
             regions["calibration"] = (0, cut)
             regions["train"] = (cut, bounds[1])
+            if cut >= bounds[1]:  # split files: a small train file
+                raise CorpusError(f"data.calibration={self.calibration} of the corpus's {len(ids)} tokens is {cut}, more "
+                                  f"than the train split's {bounds[1]}; lower it")
             if cut < CALIBRATION_MIN_TOKENS:
                 raise CorpusError(
                     f"data.calibration={self.calibration} holds {cut} tokens, "

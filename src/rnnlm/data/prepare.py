@@ -201,9 +201,9 @@ def prepare(settings: CorpusSettings, cache_dir: str | Path | None) -> PreparedC
 
 def load(directory: Path) -> PreparedCorpus | str:
     """Map a cache entry, or say what is wrong with it (missing, cut short, damaged). Its files
-    are untrusted: meta.json must agree with the files, the splits be in order and every id
-    below the vocabulary size, each block's largest id as recorded when it was prepared (one
-    pass over the map, a fraction of a second per GB)."""
+    are untrusted: meta.json must agree with the files, the splits be in order, every id in
+    [0, vocabulary size), and each block's largest id and ``<unk>`` count as recorded when it
+    was prepared (one pass over the map, a fraction of a second per GB)."""
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
         blocks = np.load(directory / BLOCKS, allow_pickle=False)
@@ -234,18 +234,27 @@ def load(directory: Path) -> PreparedCorpus | str:
         return f"{UNK_CHARS} does not give a length for each of the {int(blocks[:, 0].sum())} <unk>"
     # Copy-on-write map: reading costs page cache only, and torch gets a writable array.
     ids = np.memmap(directory / TOKENS, dtype=dtype, mode="c", shape=(tokens,)) if tokens else np.zeros(0, dtype)
-    if not np.array_equal(block_maxima(ids), blocks[:, 1]) or (tokens and int(blocks[:, 1].max()) >= len(tokenizer)):
-        return f"{TOKENS} holds ids other than those prepared (or at least {len(tokenizer)}, the vocabulary size)"
+    largest, smallest, zeros = block_stats(ids)
+    if (not np.array_equal(largest, blocks[:, 1]) or not np.array_equal(zeros, blocks[:, 0]) or (smallest < 0).any()
+            or (tokens and int(blocks[:, 1].max()) >= len(tokenizer))):
+        return f"{TOKENS} holds ids other than those prepared (a block's largest id or <unk> count differs, or an id is "\
+               f"negative or at least {len(tokenizer)}, the vocabulary size)"
     return PreparedCorpus(tokenizer, ids, facts, blocks[:, 0], directory, reused=True, split_starts=(starts[0], starts[1]),
                           unk_chars=unk_chars, split_files=meta.get("split_files") is True)
 
 
-def block_maxima(ids: np.ndarray) -> np.ndarray:
-    """The largest id of each block of ``BLOCK`` ids (-1 for an empty last block)."""
-    full = len(ids) // BLOCK * BLOCK
-    maxima = [ids[:full].reshape(-1, BLOCK).max(axis=1).astype(np.int64)] if full else []
-    maxima.append(np.array([ids[full:].max() if len(ids) > full else -1], dtype=np.int64))
-    return np.concatenate(maxima)
+def block_stats(ids: np.ndarray, rows: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each block of ``BLOCK`` ids: its largest and smallest id and its ``<unk>`` (0) count (an
+    empty last block: -1, 0, 0), read ``rows`` blocks at a time so the temporaries stay small."""
+    count = len(ids) // BLOCK + 1
+    largest, smallest, zeros = np.full(count, -1, np.int64), np.zeros(count, np.int64), np.zeros(count, np.int64)
+    for first in range(0, count, rows):
+        part = ids[first * BLOCK : (first + rows) * BLOCK]
+        for i in range(0, len(part), BLOCK):
+            block = part[i : i + BLOCK]
+            largest[first + i // BLOCK], smallest[first + i // BLOCK] = block.max(), block.min()
+            zeros[first + i // BLOCK] = np.count_nonzero(block == 0)
+    return largest, smallest, zeros
 
 
 def _write_synced(path: Path, data: bytes) -> None:

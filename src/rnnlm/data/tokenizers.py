@@ -28,7 +28,7 @@ LEGACY_WORD_PATTERN = r"\w+|[^\w\s]|\s+"  # checkpoints from before: every white
 DEFAULT_MAX_VOCAB = 16384  # word tokenizer: covers 98.4% of the plays' train tokens
 _WORD_CHUNK = 1 << 20  # characters split into words at a time
 UNICODE_SIZE = 0x110000  # code points 0 ... U+10FFFF
-MAX_START_CHARS = 1000  # the text a document starts with
+MAX_START_CHARS = 1 << 20  # the text a document starts with (data.separator)
 
 
 def smallest_int_dtype(vocab_size: int) -> np.dtype:
@@ -172,9 +172,9 @@ class Tokenizer:
         kind, start = state.get("kind"), state.get("start", "\n\n")
         if kind not in TOKENIZERS:
             raise ValueError(f"tokenizer kind {kind!r} is none of {', '.join(TOKENIZERS)}")
-        if not isinstance(start, str) or not 0 < len(start) <= MAX_START_CHARS:
+        if not isinstance(start, str) or len(start) > MAX_START_CHARS:
             raise ValueError(f"the tokenizer's start text is {type(start).__name__} {str(start)[:20]!r}, "
-                             f"not text of 1 to {MAX_START_CHARS} characters")
+                             f"not text of at most {MAX_START_CHARS} characters")
         if kind == BPETokenizer.kind:
             model_json = state.get("model_json")
             if not isinstance(model_json, str):

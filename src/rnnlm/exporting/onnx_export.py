@@ -77,8 +77,8 @@ def quantized_int8(model: bytes) -> bytes:
         return target.read_bytes()
 
 
-def export_onnx(loaded: LoadedModel, out: Path, quantize: str | None = None) -> dict[str, Any]:
-    """Write ``model.onnx`` and ``rnnlm.json`` into ``out``; return what was written."""
+def export_onnx(loaded: LoadedModel, out: Path, quantize: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``model.onnx`` and ``rnnlm.json`` (with ``extra``) into ``out``; return what was written."""
     net = loaded.net
     model = onnx_bytes(net)
     if quantize == "int8":
@@ -87,6 +87,6 @@ def export_onnx(loaded: LoadedModel, out: Path, quantize: str | None = None) -> 
     write_with(out / MODEL, lambda handle: handle.write(model))
     meta = {"format": FORMAT, "cell": net.cell, "num_layers": net.num_layers, "hidden_size": net.hidden_size,
             "vocab_size": net.vocab_size, "states": list(STATES[net.cell]), "quantized": quantize,
-            "global_step": loaded.global_step, "source": str(loaded.path), "tokenizer": loaded.tokenizer.to_dict()}
+            "global_step": loaded.global_step, "source": str(loaded.path), "tokenizer": loaded.tokenizer.to_dict(), **(extra or {})}
     write_text(out / META, json.dumps(meta, ensure_ascii=False))
     return {"model": out / MODEL, "bytes": len(model), "meta": meta}

@@ -275,10 +275,10 @@ def beam_search(
             if any(text.ended):
                 finished += [(seqs[i].tolist(), float(scores[i])) for i, e in enumerate(text.ended) if e]
                 alive = [i for i, e in enumerate(text.ended) if not e]
+                keep = torch.tensor(alive, dtype=torch.long, device=device)
+                seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]  # each beam in one place only
                 if len(finished) >= width or not alive:
                     break
-                keep = torch.tensor(alive, device=device)
-                seqs, scores, tokens = seqs[keep], scores[keep], tokens[keep]
                 state = select_state(state, keep)
                 text.select(alive)
         logits, state = step(tokens, state)

@@ -177,7 +177,11 @@ class ValidationSchedule(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
-        if stage != "fit" or datamodule is None or not isinstance(trainer.val_check_interval, int):
+        if stage != "fit" or datamodule is None:
+            return
+        if not isinstance(trainer.val_check_interval, int) or trainer.check_val_every_n_epoch is not None:
+            log.info("validation follows trainer.val_check_interval=%s, check_val_every_n_epoch=%s as given "
+                     "(callbacks.validation_schedule counts steps)", trainer.val_check_interval, trainer.check_val_every_n_epoch)
             return
         steps = steps_per_pass(datamodule, trainer.world_size)
         every = max(1, int(steps * self.passes))
@@ -187,8 +191,18 @@ class ValidationSchedule(pl.Callback):
             trainer.val_check_interval = every
 
 
+class EarlyStopping(pl.callbacks.EarlyStopping):
+    """Lightning's, keeping this run's ``patience`` when it resumes: Lightning restores the
+    checkpoint's, so a resumed run asked for more patience would stop at the old count."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
 def steps_per_pass(datamodule: Any, world_size: int = 1) -> int:
-    """Training steps that read the train split once (its windows over every rank's batches)."""
+    """Batches that read the train split once (its windows over every rank's batches)."""
     return max(1, len(datamodule.datasets["train"]) // (datamodule.batch_size * world_size))
 
 

@@ -92,8 +92,9 @@ def instantiate_group(group: DictConfig | None, name: str) -> list[Any]:
 
 def build_datamodule(cfg: DictConfig) -> CorpusDataModule:
     data_cfg = cfg.data
-    if data_cfg.get("path"):
-        data_cfg = OmegaConf.merge(data_cfg, {"path": to_absolute_path(str(data_cfg.path))})
+    paths = {key: to_absolute_path(str(data_cfg[key])) for key in ("path", "val_path", "test_path") if data_cfg.get(key)}
+    if paths:  # relative to where the command ran, not the run dir
+        data_cfg = OmegaConf.merge(data_cfg, paths)
     datamodule = build(data_cfg, "data")
     with sigterm_interrupts("preparing the corpus"):
         datamodule.prepare_data()
@@ -251,7 +252,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
         until_interrupted(trainer, trainer.fit, model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics["train/passes"] = trainer.global_step / steps_per_pass(datamodule, trainer.world_size)  # over the train split
+    batches = trainer.global_step * trainer.accumulate_grad_batches  # optimizer steps count accumulated batches once
+    metrics["train/passes"] = batches / steps_per_pass(datamodule, trainer.world_size)  # over the train split
 
     checkpoint_cb = trainer.checkpoint_callback
     best = checkpoint_cb.best_model_path if checkpoint_cb else ""

@@ -8,7 +8,7 @@ ort.env.wasm.numThreads = 1; // threads need a cross-origin-isolated page, which
 
 const $ = (id) => document.getElementById(id);
 const page = { model: null, running: false, stop: false };
-const LIMITS = { length: [0, 100000], temperature: [0, 100], top_k: [1, 1 << 24], top_p: [1e-9, 1], seed: [0, 2 ** 31 - 1] };
+let LIMITS = {};  // each option's bounds, as sample.py's (rnnlm.json's "limits")
 
 // ---- the tokenizer: rnnlm's char and word tokenizers (rnnlm.data.tokenizers) ------------------
 // Python's \w is a letter, a digit or "_" in any script; the two word splits rnnlm writes.
@@ -143,8 +143,9 @@ function settingsFromForm() {
     if (raw === "") return null;
     const value = Number(raw);
     const [low, high] = LIMITS[id];
-    if (!Number.isFinite(value) || value < low || value > high || (integer && !Number.isInteger(value))) {
-      throw new Error(`${id}=${raw} is not allowed: it must be ${integer ? "an integer" : "a number"} from ${low} to ${high}`);
+    const tooLow = id === "top_p" ? value <= low : value < low;
+    if (!Number.isFinite(value) || tooLow || value > high || (integer && !Number.isInteger(value))) {
+      throw new Error(`${id}=${raw} is not allowed: it must be ${integer ? "an integer" : "a number"} ${id === "top_p" ? "above" : "from"} ${low} to ${high}`);
     }
     return value;
   };
@@ -188,7 +189,7 @@ async function generate() {
       span.style.backgroundColor = confidence(raw[token]);
       span.title = `p = ${raw[token].toFixed(3)}\n` + topFive(raw).map((id) => `${shown(tokenizer.vocab[id])} ${raw[id].toFixed(3)}`).join("\n");
       output.append(span);
-      chars += tokenizer.vocab[token].length;
+      chars += Array.from(tokenizer.vocab[token]).length;  // characters, not UTF-16 units
       ({ logits, state } = await run(page.model, [token], state));
     }
     const seconds = (performance.now() - started) / 1000;
@@ -229,6 +230,7 @@ async function main() {
     return;
   }
   const meta = page.model.meta;
+  LIMITS = meta.limits;
   $("about").textContent = `${meta.cell.toUpperCase()} ${meta.num_layers} x ${meta.hidden_size}, ${meta.tokenizer.kind} vocabulary of ` +
     `${meta.vocab_size.toLocaleString("en")}${meta.quantized ? `, ${meta.quantized}` : ""}, step ${meta.global_step}`;
   $("generate").disabled = false;

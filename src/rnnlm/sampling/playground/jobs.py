@@ -62,7 +62,7 @@ def generation_events(model: PlaygroundModel, plan: DecodePlan, num_samples: int
             adjusted = raw if greedy else sampling_probs(logits, plan.settings)
             rows = torch.arange(num_samples)
             chosen_raw, chosen_adjusted = raw[rows, tokens], adjusted[rows, tokens]
-            nll -= log_probs[rows, tokens].double() * active  # as sample.py's: the log-softmax, finite
+            nll -= log_probs[rows, tokens].double().cpu() * active  # as sample.py's: the log-softmax, finite
             counts += active
             top, atop = top_candidates(raw), top_candidates(adjusted)
             if greedy:  # the distribution greedy decoding draws from: all on the top token
