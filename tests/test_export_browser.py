@@ -9,6 +9,7 @@ import functools
 import shutil
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -51,8 +52,7 @@ def served(tmp_path):
     servers = []
 
     def serve(directory):
-        handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
-        handler.log_message = lambda *args: None
+        handler = functools.partial(QuietHandler, directory=str(directory))
         server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -64,6 +64,13 @@ def served(tmp_path):
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    """Python's static file server, without a log line per request."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def first_near_tie(ckpt, prompt_ids, length):
