@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rnnlm.data.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
-from rnnlm.exporting.export import export
+from rnnlm.exporting.export import export, report
 from rnnlm.models.loading import CHECKPOINT_FORMAT
 from rnnlm.models.network import RNNLM
 from rnnlm.sampling.sample import sample
@@ -44,8 +44,8 @@ def sampled(tmp_path, ckpt, name, *overrides):
     return metrics, objects["record"]
 
 
-CASES = [("lstm", "softmax", "char"), ("gru", "softmax", "word"), ("rnn", "softmax", "bpe"),
-         ("lstm", "adaptive", "word"), ("gru", "adaptive", "bpe"), ("rnn", "softmax", "char")]
+# Each cell, output and tokenizer at least once.
+CASES = [("lstm", "softmax", "char"), ("gru", "adaptive", "word"), ("rnn", "softmax", "bpe"), ("lstm", "adaptive", "bpe")]
 
 
 @pytest.mark.parametrize(("cell", "output", "kind"), CASES)
@@ -71,13 +71,17 @@ def test_the_exported_model_samples_and_scores_as_the_checkpoint(tmp_path, cell,
 
 def test_int8_is_smaller_and_scores_close(tmp_path):
     ckpt = write_checkpoint(tmp_path / "last.ckpt", TOKENIZERS["word"](), "lstm")
-    fp32 = run_export(tmp_path / "fp32", ckpt)[1]["written"]
-    int8 = run_export(tmp_path / "int8", ckpt, "quantize=int8")[1]["written"]
-    assert int8["bytes"] < 0.5 * fp32["bytes"] and int8["meta"]["quantized"] == "int8"
     (tmp_path / "t.txt").write_text(TEXT[:400], encoding="utf-8")
+    fp32 = run_export(tmp_path / "fp32", ckpt)[1]["written"]
+    figures, objects = run_export(tmp_path / "int8", ckpt, "quantize=int8", f"text_file={tmp_path / 't.txt'}")
+    int8 = objects["written"]
+    assert int8["bytes"] < 0.5 * fp32["bytes"] and int8["meta"]["quantized"] == "int8"
     a, _ = sampled(tmp_path, fp32["model"], "a", "mode=score", f"text_file={tmp_path / 't.txt'}")
     b, _ = sampled(tmp_path, int8["model"], "b", "mode=score", f"text_file={tmp_path / 't.txt'}")
     assert b["score/bpc"] == pytest.approx(a["score/bpc"], abs=0.05)
+    # The summary line: the size, and bits/char of int8 beside fp32's, as sample.py mode=score gives them.
+    assert figures["bpc"] == pytest.approx(b["score/bpc"], abs=1e-9) and figures["fp32_bpc"] == pytest.approx(a["score/bpc"], abs=1e-9)
+    assert f"model.onnx {int8['bytes'] / 1e6:.2f} MB, {b['score/bpc']:.5f} bits/char on text_file (fp32: {a['score/bpc']:.5f})" in report(figures, objects)
 
 
 def test_refusals_are_one_line(tmp_path):
