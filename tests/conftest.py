@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
+from benchmarks.browser import CHROMIUM_FLAGS, chromium_path
 from rnnlm.data.corpus import shakespeare_plays
 from tests.processes import HERMETIC_ENV, ROOT, hermetic_env
 
@@ -184,3 +185,25 @@ def gated(monkeypatch):
         yield gate
     finally:
         gate.set()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's headless Chromium driven by Playwright, for the browser tests; skipped, saying why, without them."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip("BROWSER TESTS NOT RUN: no Chromium found (looked for /usr/bin/chromium); install Debian's "
+                    "package: apt-get install chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("BROWSER TESTS NOT RUN: playwright is not installed; pip install -e '.[dev]'")
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()

@@ -15,7 +15,6 @@ from urllib.parse import quote
 import pytest
 import torch
 
-from benchmarks.browser import CHROMIUM_FLAGS, chromium_path
 from rnnlm.models.loading import load_model
 from rnnlm.sampling.sample import sample
 from tests.conftest import compose_config
@@ -25,25 +24,11 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    path = chromium_path()
-    if path is None:
-        pytest.skip("BROWSER TESTS NOT RUN: no Chromium found (looked for /usr/bin/chromium); apt-get install chromium")
+def chromium(browser):
+    """The suite's headless Chromium (tests/conftest.py), once npm can install the page's runtime."""
     if shutil.which("npm") is None:
         pytest.skip("BROWSER TESTS NOT RUN: format=web installs onnxruntime-web with npm, which is not on PATH")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("BROWSER TESTS NOT RUN: playwright is not installed; pip install -e '.[dev]'")
-    playwright = sync_playwright().start()
-    try:
-        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-    finally:
-        playwright.stop()
+    return browser
 
 
 @pytest.fixture

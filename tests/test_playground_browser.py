@@ -8,37 +8,14 @@ tests are skipped, and the skip says why in the summary; they never pass without
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 
-from benchmarks.browser import CHROMIUM_FLAGS, chromium_path
 from rnnlm.generation.plan import score_text, text_ids
 from rnnlm.models.loading import load_model
 
 pytestmark = pytest.mark.browser
 TEXT = "ROMEO:\nBut, soft! what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("BROWSER TESTS NOT RUN: no Chromium found (looked for /usr/bin/chromium); install Debian's "
-                    "package: apt-get install chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("BROWSER TESTS NOT RUN: playwright is not installed; pip install -e '.[dev]'")
-    playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
 
 
 @pytest.fixture
