@@ -7,6 +7,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -209,6 +210,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ddp", type=float, metavar="GB", nargs="?", const=1.0,
                         help="only this: each rank's anonymous memory in 2-rank CPU DDP runs of train.py "
                              "on a 1 MB and a GB corpus (default 1), prepared first")
+    parser.add_argument("--gpu", action="store_true",
+                        help="only this: the GPU check (GEMM peaks, training per precision against a bare cuDNN loop, "
+                             "auto precision, sampling, the gpu tests, DDP on 2 GPUs); exits at once without CUDA")
     return parser.parse_args(argv)
 
 
@@ -216,7 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.corpus is not None:
         args.corpus = str(Path(args.corpus).expanduser().resolve())
-    if args.large:
+    if args.gpu:
+        from benchmarks.gpu import format_gpu, measure_gpu, no_cuda_line
+
+        refusal = no_cuda_line()
+        if refusal:
+            print(refusal, file=sys.stderr)
+            return 1
+        result = _rounded(measure_gpu())
+        print(format_gpu(result))
+    elif args.large:
         plan = PLANS["default"]
         result = _rounded({"plan": "large", "machine": machine_info(),
                            **measure_large(plan, corpus_text(plan), args.large, args.large_dir)})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
@@ -20,6 +21,18 @@ from rnnlm.data.corpus import shakespeare_plays
 from tests.processes import HERMETIC_ENV, ROOT, hermetic_env
 
 CONF_DIR = str(ROOT / "conf")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need CUDA: without it each is skipped, saying why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="GPU TESTS NOT RUN: no CUDA device here (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -117,6 +130,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> dict
     cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.max_steps=120", "trainer.val_check_interval=40"], out)
     metrics, objects = train(cfg)
     return {"metrics": metrics, "objects": objects, "dir": out}
+
+
+class StopAtStep(pl.Callback):
+    """Ends fitting after ``step`` steps of a longer run, as an interruption would
+    (``+callbacks.stop._target_=tests.conftest.StopAtStep +callbacks.stop.step=N``)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
 
 
 @contextlib.contextmanager

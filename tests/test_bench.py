@@ -133,3 +133,22 @@ def test_vocabulary_measurements_compare_outputs_and_tokenizers(monkeypatch: pyt
         assert result[f"vocab_chars_per_token_{name}"] >= 1
     assert result["vocab_chars_per_token_char"] == 1 and result["vocab_chars_per_token_word"] > 2
     assert "adaptive softmax" in vocabularies.format_vocabularies(result)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="here the GPU check would run in full")
+def test_the_gpu_check_without_cuda_exits_at_once_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--gpu"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("python -m benchmarks --gpu needs a CUDA GPU: torch.cuda.is_available() is False")
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_ddp_figure_is_read_from_the_runs_throughput_log(tmp_path: Path) -> None:
+    """benchmarks.gpu.ddp_rate as it runs on 2 GPUs, here on the CPU: train.py's logged tokens/s of all ranks."""
+    from benchmarks.gpu import ddp_rate
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("It is a truth universally acknowledged, that a single man in possession. " * 2000, encoding="utf-8")
+    rate = ddp_rate(1, str(corpus), tmp_path, steps=60, accelerator="cpu", hidden_size=32, batch_size=4, seq_len=16)
+    assert 0 < rate < 1e9

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -151,3 +153,80 @@ def test_the_optimiser_comes_from_the_config_only():
 
     with pytest.raises(ConfigError, match="model.optimizer is null"):
         LanguageModel(vocab_size=20, tokenizer={}, optimizer=None)
+
+
+def test_compile_leaves_the_recurrent_stack_eager_and_copies_run_on_their_own_weights(monkeypatch):
+    """model.compile=true compiles the layers around nn.LSTM, never through it (dynamo would
+    meet the LSTM and break the graph there); a deep copy (an EMA's average) uses its own weights."""
+    import copy
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    from rnnlm.models.network import RNNLM
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # traced, not built
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    net = RNNLM(50, "lstm", hidden_size=16, num_layers=1, embedding_dim=8)
+    tokens, targets = torch.randint(0, 50, (2, 7)), torch.randint(0, 50, (2, 7))
+    eager_loss = net.loss(tokens, targets)[0].item()
+    net.compile_around_recurrence()
+    assert net.loss(tokens, targets)[0].item() == pytest.approx(eager_loss, abs=1e-6)
+    assert net(tokens)[0].shape == (2, 7, 50)
+    assert counters["stats"]["unique_graphs"] >= 2  # the layers around the stack were traced
+    assert not counters["graph_break"], dict(counters["graph_break"])  # and the stack never was
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.zero_()
+    assert twin.loss(tokens, targets)[0].item() == pytest.approx(math.log(50), abs=1e-5)  # uniform: its own zeros
+    assert net.loss(tokens, targets)[0].item() == pytest.approx(eager_loss, abs=1e-6)
+
+
+def test_plateau_schedule_cuts_the_rate_when_validation_stalls_and_resumes_exactly():
+    from rnnlm.models.schedules import WarmupPlateau
+
+    def fresh(**kwargs):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return opt, WarmupPlateau(opt, **kwargs)
+
+    opt, sched = fresh(warmup_steps=4, factor=0.25, patience=1)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    sched.observe(5.0)  # the first validation is the best so far
+    sched.observe(5.2)  # one without improvement: patience 1 allows it
+    assert opt.param_groups[0]["lr"] == 1.0
+    sched.observe(5.1)  # the second in a row: cut at once
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    sched.observe(4.0)
+    sched.observe(4.5)
+    state = sched.state_dict()
+    opt2, resumed = fresh(warmup_steps=4, factor=0.25, patience=1)
+    resumed.load_state_dict(state)
+    for s, o in ((sched, opt), (resumed, opt2)):
+        s.observe(4.4)  # the second without improvement since 4.0, in both
+        o.step()
+        s.step()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.0625)
+
+
+def test_a_run_on_the_plateau_schedule_cuts_at_each_stalled_validation(tmp_path, corpus_file):
+    from rnnlm.training.train import train
+    from tests.conftest import TINY, compose_config
+
+    # threshold 100 nats: after the first validation (the best so far), none counts as an
+    # improvement, so each one cuts the rate.
+    cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "model/scheduler=plateau", "model.scheduler.warmup_steps=0",
+                                   "model.scheduler.threshold=100", "trainer.max_steps=30", "trainer.val_check_interval=10",
+                                   "callbacks.early_stopping=null", "callbacks.sample_text=null", "test=false"], tmp_path)
+    _, objects = train(cfg)
+    lr = objects["trainer"].optimizers[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(cfg.model.optimizer.lr * 0.25**2)  # validations at steps 10, 20 and 30
+    saved = torch.load(objects["last_ckpt"], weights_only=True)["lr_schedulers"][0]
+    assert saved["scale"] == pytest.approx(0.25**2) and saved["bad_validations"] == 0

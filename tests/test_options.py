@@ -16,7 +16,8 @@ from tests.processes import run_script
 
 # Config group choices whose options differ from the defaults'.
 TRAIN_VARIANTS = [[], ["model=gru"], ["callbacks=ema"], ["experiment=tinyshakespeare"], ["debug=fast"],
-                  ["trainer=ddp"], ["trainer=gpu"], ["hparams_search=optuna"], ["experiment=sweep_cells"]]
+                  ["trainer=ddp"], ["trainer=gpu"], ["hparams_search=optuna"], ["experiment=sweep_cells"],
+                  ["experiment=words_small"]]
 BAD_VALUES = [math.nan, math.inf, -math.inf, 0, -1, 0.5, 10**12]
 
 
@@ -137,3 +138,12 @@ def test_the_command_line_prints_one_error_line(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: trainer.val_check_interval=0 is not allowed") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["words", "words_small", "subwords", "tinyshakespeare", "tinyshakespeare_15min", None])
+def test_every_preset_sizes_its_matrices_in_multiples_of_8(preset):
+    """What tensor-core kernels want on a GPU (and oneDNN's blocked layouts on a CPU)."""
+    cfg = compose_config("train", [f"experiment={preset}"] if preset else [])
+    sizes = {"model.hidden_size": cfg.model.hidden_size, "model.embedding_dim": cfg.model.embedding_dim,
+             "data.batch_size": cfg.data.batch_size, "data.seq_len": cfg.data.seq_len}
+    assert all(value is None or value % 8 == 0 for value in sizes.values()), sizes

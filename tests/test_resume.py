@@ -6,7 +6,6 @@ import sys
 import time
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from rnnlm.training.callbacks import AdoptResumedConfig
@@ -24,22 +23,11 @@ def run(tmp_path, corpus_file, name, *extra):
     return train(cfg)
 
 
-class StopAtStep(pl.Callback):
-    """Ends fitting after ``step`` steps of a longer run, as an interruption would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
-
-
 def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
     full, _ = run(tmp_path, corpus_file, "full", "trainer.max_steps=30")
     # Same config (so the same LR schedule over 30 steps), stopped mid-epoch after step 15.
     _, broken = run(tmp_path, corpus_file, "broken", "trainer.max_steps=30",
-                    f"+callbacks.stop._target_={__name__}.StopAtStep", "+callbacks.stop.step=15")
+                    "+callbacks.stop._target_=tests.conftest.StopAtStep", "+callbacks.stop.step=15")
     assert broken["trainer"].global_step == 15
     ckpts = sorted(p.name for p in (tmp_path / "broken" / "checkpoints").glob("last*.ckpt"))
     assert "last-step000015.ckpt" in ckpts

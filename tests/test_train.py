@@ -535,3 +535,61 @@ def test_a_resumed_run_keeps_the_patience_it_asks_for():
     stopper = EarlyStopping(monitor="val/bpc", patience=10)
     stopper.load_state_dict({"wait_count": 3, "stopped_epoch": 0, "best_score": torch.tensor(2.0), "patience": 3})
     assert stopper.patience == 10 and stopper.wait_count == 3
+
+
+@pytest.mark.parametrize("timings, expected", [
+    ({"bf16-mixed": 0.010, "16-mixed": 0.012, "32-true": 0.020}, "bf16-mixed"),
+    ({"bf16-mixed": 0.010, "16-mixed": 0.010, "32-true": 0.020}, "bf16-mixed"),  # a tie goes to bf16: no loss scaling
+    ({"bf16-mixed": 0.015, "16-mixed": 0.012, "32-true": 0.020}, "16-mixed"),  # bf16 on a slow path
+    ({"bf16-mixed": "RuntimeError: cuDNN error", "16-mixed": 0.012, "32-true": 0.020}, "16-mixed"),
+    ({"bf16-mixed": 0.030, "16-mixed": 0.025, "32-true": 0.020}, "32-true"),  # never slower than fp32
+    ({"bf16-mixed": "RuntimeError: x", "16-mixed": "RuntimeError: y", "32-true": "RuntimeError: z"}, "32-true"),
+])
+def test_auto_precision_on_a_gpu_is_the_fastest_that_ran(tmp_path, monkeypatch, caplog, timings, expected):
+    """On CUDA, trainer.precision=auto times one step of the configured stack per precision
+    (in a child process) and uses the fastest that ran; the log line says what it measured."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime, "probe_precisions", lambda *args, **kwargs: asked.append(args) or dict(timings))
+    cfg = compose_config("train", ["trainer.precision=auto", "trainer.accelerator=gpu", "model.cell=gru",
+                                   "model.hidden_size=24", "model.num_layers=3"], tmp_path)
+    with caplog.at_level(logging.INFO, logger="rnnlm.training.train"):
+        resolve_precision(cfg)
+    assert cfg.trainer.precision == expected
+    assert asked == [("gru", 24, 3, runtime.CUDA_PRECISIONS)]  # the configured stack, every precision
+    line = next(r.getMessage() for r in caplog.records if "trainer.precision=auto" in r.getMessage())
+    assert expected in line and ("failed" in line) == any(isinstance(t, str) for t in timings.values())
+
+
+def test_an_explicit_gpu_precision_that_fails_its_probe_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime, "probe_precisions",
+                        lambda cell, hidden, layers, precisions: {p: "RuntimeError: no bf16 LSTM kernel" for p in precisions})
+    cfg = compose_config("train", ["trainer.precision=bf16-mixed", "trainer.accelerator=gpu"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed fails on this GPU for a LSTM "
+                                          r"\(RuntimeError: no bf16 LSTM kernel\); use trainer.precision=auto"):
+        resolve_precision(cfg)
+    monkeypatch.setattr(runtime, "probe_precisions", lambda cell, hidden, layers, precisions: {p: 0.01 for p in precisions})
+    resolve_precision(cfg)  # one that runs is honoured
+    assert cfg.trainer.precision == "bf16-mixed"
+
+
+def test_the_precision_probe_times_a_real_step_in_a_child_and_reports_failures():
+    timings = runtime.probe_precisions("lstm", 8, 1, ["32-true"], device="cpu")
+    assert isinstance(timings["32-true"], float) and 0 < timings["32-true"] < 60
+    failed = runtime.probe_precisions("lstm", 8, 1, ["32-true", "16-mixed"], device="nonexistent")
+    assert all(isinstance(reason, str) and reason.startswith("RuntimeError") for reason in failed.values()), failed
+
+
+def test_the_small_corpus_preset_ties_its_matrices_and_cuts_its_rate_on_plateaus(tmp_path, corpus_file):
+    from rnnlm.models.schedules import WarmupPlateau
+
+    cfg = compose_config("train", [*TINY, "experiment=words_small", f"data.path={corpus_file}", "model.embedding_dim=48",
+                                   "trainer.max_steps=20", "trainer.val_check_interval=10", "callbacks.sample_text=null",
+                                   "test=false"], tmp_path)
+    metrics, objects = train(cfg)
+    net = objects["model"].net
+    assert net.decoder.weight is net.embedding.weight and net.adaptive is None
+    assert isinstance(objects["trainer"].lr_scheduler_configs[0].scheduler, WarmupPlateau)
+    assert objects["trainer"].optimizers[0].param_groups[0]["weight_decay"] == 0.1
+    assert math.isfinite(metrics["val/bpc"])

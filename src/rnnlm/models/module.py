@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import MeanMetric, MinMetric
 
 from rnnlm.data.tokenizers import Tokenizer
@@ -77,11 +78,8 @@ class LanguageModel(pl.LightningModule):
         self.net = RNNLM(**self.architecture(self.hparams))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # Not a registered submodule: the compiled wrapper shares ``net``'s parameters and
-        # must not add a second copy of its keys to the state dict.
-        object.__setattr__(self, "step_model", torch.compile(self.net) if compile else self.net)
-        object.__setattr__(self, "train_loss", torch.compile(self.net.loss) if compile else self.net.loss)
-        object.__setattr__(self, "eval_scores", torch.compile(self.net.target_scores) if compile else self.net.target_scores)
+        if compile:
+            self.net.compile_around_recurrence()  # why not through it: that method's docstring
         self.metrics = torch.nn.ModuleDict({f"{split}_{name}": MeanMetric() for split in ("val", "test")
                                             for name in ("loss", "acc", "chars")})
         # Characters each id stands for (bits per character; <unk>: 0, its text counted by the
@@ -100,7 +98,7 @@ class LanguageModel(pl.LightningModule):
         return {k: hparams[k] for k in NETWORK_ARGUMENTS if k in hparams}
 
     def forward(self, tokens: torch.Tensor, state=None):
-        return self.step_model(tokens, state)
+        return self.net(tokens, state)
 
     def _step(self, batch: tuple[torch.Tensor, ...], split: str) -> torch.Tensor:
         inputs, targets = batch[:2]
@@ -108,11 +106,11 @@ class LanguageModel(pl.LightningModule):
         self.flops_per_batch = passes * self._flops_per_token * targets.numel()
         if split == "train":
             # Truncated BPTT across batches (lanes): start where each lane's previous batch ended.
-            loss, state = self.train_loss(inputs, targets, self._train_state if self.carry_state else None)
+            loss, state = self.net.loss(inputs, targets, self._train_state if self.carry_state else None)
             if self.carry_state:
                 self._train_state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
             return loss
-        log_probs, hits, _ = self.eval_scores(inputs, targets)
+        log_probs, hits, _ = self.net.target_scores(inputs, targets)
         loss = -log_probs.mean()
         correct = hits.float().mean()
         self.metrics[f"{split}_loss"].update(loss.detach(), weight=targets.numel())
@@ -182,6 +180,11 @@ class LanguageModel(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_loss_best.update(torch.tensor(loss))
             self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
+            # A schedule that follows validation sees it here, once per validation while
+            # fitting, before its checkpoints are written (rnnlm.models.schedules.WarmupPlateau).
+            for config in self.trainer.lr_scheduler_configs if self.trainer.state.fn == TrainerFn.FITTING else ():
+                if hasattr(config.scheduler, "observe"):
+                    config.scheduler.observe(loss)
 
     def on_test_epoch_end(self) -> None:
         self._log_split("test")

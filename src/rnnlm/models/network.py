@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,22 +130,38 @@ class RNNLM(nn.Module):
             return F.one_hot(tokens, self.vocab_size).to(self.rnn.weight_ih_l0.dtype)
         return self.embedding(tokens)
 
+    def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` [batch, time] -> the first recurrent layer's input (embedded, dropped out)."""
+        return self.input_dropout(self.embed(tokens))
+
     def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> the output layer's input [batch, time, hidden] and the new state."""
-        inputs = self.input_dropout(self.embed(tokens))
-        outputs, state = fastpaths.recurrent_forward(self.rnn, inputs, state)  # self.rnn, or faster
+        outputs, state = fastpaths.recurrent_forward(self.rnn, self.inputs(tokens), state)  # self.rnn, or faster
         return self.dropout(outputs), state
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state. An
         adaptive softmax gives its full log-probabilities: logits whose softmax is the same."""
         hidden, state = self.features(tokens, state)
-        if self.adaptive is None:
-            logits = self.decoder(hidden)
-        else:
-            with self._full_precision(hidden) as flat:
-                logits = self.adaptive.log_prob(flat).view(*hidden.shape[:-1], -1)
+        logits = self.output_logits(hidden)
         return (logits if self.training else logits * self.logit_scale), state
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The output layer: [batch, time, hidden] -> logits [batch, time, vocab], unscaled."""
+        if self.adaptive is None:
+            return self.decoder(hidden)
+        with self._full_precision(hidden) as flat:
+            return self.adaptive.log_prob(flat).view(*hidden.shape[:-1], -1)
+
+    def compile_around_recurrence(self) -> None:
+        """``torch.compile`` the layers before and after the recurrent stack, never the stack:
+        dynamo breaks the graph at ``nn.LSTM``/``nn.GRU`` (pytorch #141184) and can leave what
+        follows the break uncompiled (#167275), and a fused cuDNN/oneDNN RNN kernel has nothing
+        to gain from compiling. Each compiled function is bound to this instance as a method,
+        so a deep copy (an EMA's averaged model) runs on its own weights; the state dict is
+        unchanged."""
+        for name in ("inputs", "output_logits", "output_loss"):
+            setattr(self, name, types.MethodType(torch.compile(getattr(type(self), name)), self))
 
     @contextlib.contextmanager
     def _full_precision(self, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -160,11 +177,15 @@ class RNNLM(nn.Module):
         loss. An adaptive softmax computes each token's own cluster only; the logit scale is
         left out (it is fitted after training, on held-out text)."""
         hidden, state = self.features(tokens, state)
+        return self.output_loss(hidden, targets), state
+
+    def output_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The output layer's mean cross-entropy of ``targets`` given [batch, time, hidden]."""
         flat_targets = targets.reshape(-1)
         if self.adaptive is None:
-            return F.cross_entropy(self.decoder(hidden).reshape(-1, self.vocab_size), flat_targets), state
+            return F.cross_entropy(self.decoder(hidden).reshape(-1, self.vocab_size), flat_targets)
         with self._full_precision(hidden) as flat:
-            return self.adaptive(flat, flat_targets).loss, state
+            return self.adaptive(flat, flat_targets).loss
 
     def target_scores(self, tokens: torch.Tensor, targets: torch.Tensor,
                       state: State | None = None) -> tuple[torch.Tensor, torch.Tensor, State]:

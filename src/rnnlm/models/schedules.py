@@ -1,4 +1,5 @@
-"""Learning-rate schedules, stepped once per optimiser step."""
+"""Learning-rate schedules, stepped once per optimiser step: a cosine over the run's steps, or
+one that follows validation (a plateau)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import math
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from rnnlm.utils.errors import ConfigError
 
@@ -43,3 +44,46 @@ def warmup_cosine(
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+class WarmupPlateau(LRScheduler):
+    """Linear warm-up to the base LR over ``warmup_steps``, then the base LR until validation
+    stops improving: after ``patience`` validations in a row that do not beat the best loss
+    by more than ``threshold``, the LR is multiplied by ``factor`` (pytorch/examples'
+    word_language_model quarters its LR the same way, once per epoch).
+
+    The schedule follows the data, not ``trainer.max_steps``: a longer budget becomes more
+    training at smaller rates, and early stopping ends the run once a few cuts no longer
+    help. torch's ``ReduceLROnPlateau`` does this too, but Lightning steps a plateau
+    scheduler at every training step once a validation metric exists, counting one
+    validation many times; here :class:`rnnlm.models.LanguageModel` calls :meth:`observe`
+    once per validation, before the checkpoints of that validation are written, so the
+    best/bad counters and the scale are in them and a resumed run continues exactly.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, factor: float = 0.25,
+        patience: int = 0, threshold: float = 0.0,
+    ):
+        self.warmup_steps, self.factor, self.patience, self.threshold = warmup_steps, factor, patience, threshold
+        self.scale, self.best, self.bad_validations = 1.0, math.inf, 0
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        warm = min(1.0, (self.last_epoch + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return [base * warm * self.scale for base in self.base_lrs]
+
+    def observe(self, loss: float) -> None:
+        """One validation's loss: cut the LR (from the next step on) if it is the
+        ``patience + 1``-th in a row without an improvement."""
+        if loss < self.best - self.threshold:
+            self.best, self.bad_validations = loss, 0
+            return
+        self.bad_validations += 1
+        if self.bad_validations > self.patience:
+            self.scale *= self.factor
+            self.bad_validations = 0
+            log.info("validation loss %.4f did not improve on %.4f: learning rate x%g, now x%g of its peak",
+                     loss, self.best, self.factor, self.scale)
+            for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+                group["lr"] = lr

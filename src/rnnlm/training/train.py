@@ -75,12 +75,14 @@ def resolve_precision(cfg: DictConfig) -> None:
     """``trainer.precision=auto``: bf16-mixed where it is faster (see ``auto_precision``), else fp32;
     a precision given explicitly is checked against what this machine can run."""
     accelerator, cell = str(cfg.trainer.get("accelerator", "auto")), str(cfg.model.get("cell", "lstm"))
+    size = {"hidden_size": int(cfg.model.get("hidden_size", 256)), "num_layers": int(cfg.model.get("num_layers", 2))}
     if str(cfg.trainer.get("precision")) == "auto":
-        precision, reason = auto_precision(accelerator, cell)
+        precision, reason = auto_precision(accelerator, cell, **size)
         with read_write(cfg.trainer):
             cfg.trainer.precision = precision
         log.info("trainer.precision=auto: %s (%s)", precision, reason)
-    check_precision(str(cfg.trainer.get("precision")), accelerator, cell)
+    else:
+        check_precision(str(cfg.trainer.get("precision")), accelerator, cell, **size)
 
 
 def instantiate_group(group: DictConfig | None, name: str) -> list[Any]:

@@ -163,6 +163,9 @@ OPTIONS: dict[str, Rule] = {
     "model.scheduler.total_steps": count(BIG),
     "model.scheduler.warmup_steps": count(BIG, low=0),
     "model.scheduler.min_ratio": UNIT,
+    "model.scheduler.factor": Number(0, 1, low_open=True),  # the plateau's LR cut
+    "model.scheduler.patience": count(BIG, low=0),
+    "model.scheduler.threshold": Number(0, 1e6),
     "trainer.devices": Number(1, 2**16, integer=True, special=(-1,), text_ok=True),  # 2, -1, "auto", "0,1"
     "trainer.devices.*": count(2**16, low=0),  # [0, 1]: device ids
     "trainer.num_nodes": count(2**16),
