@@ -1,12 +1,14 @@
-"""``python -m benchmarks --gpu``: the GPU check, everything in one run of a few minutes.
+"""``python -m benchmarks --gpu``: the GPU check, everything in one run (sized for <= 8 minutes
+on one GPU; not yet run on one).
 
 It prints, then writes as one line of JSON: the GPU, driver, CUDA and cuDNN versions; the
 GEMM peak in fp32, tf32, bf16 and fp16; training tokens/s of the 2 x 512 LSTM and GRU under
 the Lightning Trainer against a bare cuDNN loop in 32-true, bf16-mixed and 16-mixed (ratio,
 and MFU against the measured peak of that precision); the precision ``trainer.precision=auto``
 picks; sampling chars/s of 1 and 32 streams; the ``gpu`` tests' result; and, with two GPUs
-or more, 2-process DDP tokens/s against one process at the same per-device batch.
-Without CUDA it says so in one line and exits with status 1 at once.
+or more, 2-process DDP tokens/s against one process at the same per-device batch; then each
+target (Trainer >= 0.95 of the bare loop, auto not slower than fp32, DDP >= 1.8x, batch-1
+sampling >= 2,000 chars/s), met or missed. Without CUDA it says so in one line and exits with status 1 at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from benchmarks.common import Plan, cycle, machine_info, quiet_lightning
 from benchmarks.training import build_datamodule
 from rnnlm.models.network import flops_per_token
-from rnnlm.training.precision import AUTOCAST_DTYPES, CUDA_PRECISIONS, auto_precision
+from rnnlm.training.precision import AUTOCAST_DTYPES, CUDA_PRECISIONS, auto_precision, use_tf32
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAN = Plan("gpu", hidden_size=512, num_layers=2, embedding_dim=64, batch_size=128, seq_len=256,
@@ -55,19 +57,24 @@ def gpu_info() -> dict[str, Any]:
         driver = query.stdout.strip().splitlines()[0] if query.returncode == 0 and query.stdout.strip() else driver
     return {"gpu": props.name, "gpus": torch.cuda.device_count(), "memory_gib": props.total_memory / 2**30,
             "capability": f"{props.major}.{props.minor}", "driver": driver, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported()}
+            "cudnn": torch.backends.cudnn.version(), "bf16": torch.cuda.is_bf16_supported(including_emulation=False)}
 
 
-def cuda_seconds(fn, reps: int, warmup: int = 2) -> list[float]:
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def device_seconds(fn, reps: int, warmup: int = 2, device: str = "cuda") -> list[float]:
     """Wall seconds of each of ``reps`` calls of ``fn``, the GPU synchronised around each."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    synchronize(device)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -78,31 +85,31 @@ def gemm_peaks(n: int = 8192, reps: int = 10) -> dict[str, float]:
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
         for name, dtype in GEMM_DTYPES.items():
-            if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
                 continue
             torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
             a, b = (torch.randn(n, n, device="cuda", dtype=dtype) for _ in range(2))
-            peaks[name] = 2 * n**3 / min(cuda_seconds(lambda a=a, b=b: a @ b, reps)) / 1e12
+            peaks[name] = 2 * n**3 / min(device_seconds(lambda a=a, b=b: a @ b, reps)) / 1e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     return peaks
 
 
-def bare_steps(dm, cell: str, precision: str) -> list[float]:
+def bare_steps(dm, cell: str, precision: str, plan: Plan = PLAN, device: str = "cuda") -> list[float]:
     """Per-step seconds of a plain loop on the GPU: the same net, batch, AdamW and clipping as a
     run, under ``precision``'s autocast (a gradient scaler for 16-mixed, as Lightning adds)."""
     from rnnlm.models.network import RNNLM
 
     torch.manual_seed(0)
-    net = RNNLM(dm.vocab_size, cell, PLAN.hidden_size, PLAN.num_layers, 0.0, PLAN.embedding_dim).cuda().train()
+    net = RNNLM(dm.vocab_size, cell, plan.hidden_size, plan.num_layers, 0.0, plan.embedding_dim).to(device).train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3)
     dtype = AUTOCAST_DTYPES[precision]
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
     batches = cycle(dm.train_dataloader())
 
     def step() -> None:
-        inputs, targets = (t.cuda(non_blocking=True) for t in next(batches)[:2])
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+        inputs, targets = (t.to(device, non_blocking=True) for t in next(batches)[:2])
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             loss, _ = net.loss(inputs, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -111,10 +118,10 @@ def bare_steps(dm, cell: str, precision: str) -> list[float]:
         scaler.step(optimizer)
         scaler.update()
 
-    return cuda_seconds(step, PLAN.timed_steps, PLAN.warmup_steps)
+    return device_seconds(step, plan.timed_steps, plan.warmup_steps, device)
 
 
-def lightning_steps(dm, cell: str, precision: str) -> list[float]:
+def lightning_steps(dm, cell: str, precision: str, plan: Plan = PLAN, device: str = "cuda") -> list[float]:
     """Per-step seconds of ``Trainer.fit`` on :class:`LanguageModel` on one GPU, timed at each
     batch end after a synchronisation (the bare loop synchronises as often)."""
     import pytorch_lightning as pl
@@ -126,36 +133,37 @@ def lightning_steps(dm, cell: str, precision: str) -> list[float]:
             self.ends: list[float] = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            torch.cuda.synchronize()
+            synchronize(device)
             self.ends.append(time.perf_counter())
 
     quiet_lightning()
     torch.manual_seed(0)
     model = LanguageModel(vocab_size=dm.vocab_size, tokenizer=dm.tokenizer.to_dict(), cell=cell,
-                          hidden_size=PLAN.hidden_size, num_layers=PLAN.num_layers, embedding_dim=PLAN.embedding_dim,
+                          hidden_size=plan.hidden_size, num_layers=plan.num_layers, embedding_dim=plan.embedding_dim,
                           stateful_eval_lanes=None, optimizer=functools.partial(torch.optim.AdamW, lr=2e-3))
     timer = StepTimer()
-    trainer = pl.Trainer(accelerator="gpu", devices=1, precision=precision, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         num_sanity_val_steps=0, max_steps=PLAN.warmup_steps + PLAN.timed_steps + 1,
+    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else device, devices=1, precision=precision, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0, max_steps=plan.warmup_steps + plan.timed_steps + 1,
                          gradient_clip_val=1.0, callbacks=[timer])
     trainer.fit(model, datamodule=dm)
-    return [b - a for a, b in zip(timer.ends, timer.ends[1:])][PLAN.warmup_steps:]
+    return [b - a for a, b in zip(timer.ends, timer.ends[1:])][plan.warmup_steps:]
 
 
-def measure_training(dm, peaks: dict[str, float]) -> dict[str, Any]:
-    tokens = PLAN.batch_size * PLAN.seq_len
+def measure_training(dm, peaks: dict[str, float], plan: Plan = PLAN, device: str = "cuda",
+                     precisions: tuple[str, ...] = CUDA_PRECISIONS) -> dict[str, Any]:
+    tokens = plan.batch_size * plan.seq_len
     result: dict[str, Any] = {}
     for cell in ("lstm", "gru"):
-        flops = 3 * flops_per_token(cell, dm.vocab_size, PLAN.hidden_size, PLAN.num_layers, PLAN.embedding_dim)
-        for precision in CUDA_PRECISIONS:
+        flops = 3 * flops_per_token(cell, dm.vocab_size, plan.hidden_size, plan.num_layers, plan.embedding_dim)
+        for precision in precisions:
             key = f"{cell}_{precision}"
-            if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+            if precision.startswith("bf16") and device == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
                 result[key] = {"error": "no bf16 on this GPU"}
                 continue
             try:
-                bare = tokens / statistics.median(bare_steps(dm, cell, precision))
-                lightning = tokens / statistics.median(lightning_steps(dm, cell, precision))
+                bare = tokens / statistics.median(bare_steps(dm, cell, precision, plan, device))
+                lightning = tokens / statistics.median(lightning_steps(dm, cell, precision, plan, device))
             except Exception as error:  # noqa: BLE001 - a precision that fails is a finding, not the end
                 result[key] = {"error": f"{type(error).__name__}: {str(error).strip()[:200]}"}
                 continue
@@ -165,30 +173,31 @@ def measure_training(dm, peaks: dict[str, float]) -> dict[str, Any]:
     return result
 
 
-def measure_sampling(vocab_size: int) -> dict[str, float]:
+def measure_sampling(vocab_size: int, plan: Plan = PLAN, device: str = "cuda") -> dict[str, float]:
     """chars/s of rnnlm's engine on the GPU: one stream, and 32 decoded together."""
     from rnnlm.generation import DecodeSettings, generate
     from rnnlm.models.network import RNNLM
 
     torch.manual_seed(0)
-    net = RNNLM(vocab_size, "lstm", PLAN.hidden_size, PLAN.num_layers, 0.0, PLAN.embedding_dim).cuda().eval()
+    net = RNNLM(vocab_size, "lstm", plan.hidden_size, plan.num_layers, 0.0, plan.embedding_dim).to(device).eval()
     settings = DecodeSettings(strategy="sample", temperature=1.0)
     prompt = [1, 2, 3]
     generate(net, prompt, 20, 1, settings, seed=0)  # warm-up
     rates = {}
-    for streams in (1, PLAN.sample_streams):
-        seconds = min(cuda_seconds(lambda n=streams: generate(net, prompt, PLAN.sample_length, n, settings, seed=0), 3, 1))
-        rates[f"sample_{streams}_streams_chars_per_s"] = streams * PLAN.sample_length / seconds
+    for streams in (1, plan.sample_streams):
+        run = functools.partial(generate, net, prompt, plan.sample_length, streams, settings, seed=0)
+        seconds = min(device_seconds(run, 3, 1, device))
+        rates[f"sample_{streams}_streams_chars_per_s"] = streams * plan.sample_length / seconds
     return rates
 
 
-def run_gpu_tests(timeout: float = 300) -> dict[str, Any]:
+def run_gpu_tests(timeout: float = 420) -> dict[str, Any]:
     """``pytest -m gpu tests/test_gpu.py`` in a child process: its summary line and status."""
     tests = ROOT / "tests" / "test_gpu.py"
     if not tests.is_file():
         return {"summary": f"not run: {tests} is not here (a source checkout has it)", "returncode": None}
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", str(tests)],
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "--durations=5", str(tests)],
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"summary": f"stopped after {timeout:.0f} s", "returncode": None}
@@ -239,17 +248,47 @@ def measure_gpu(with_tests: bool = True) -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"plan": "gpu", "machine": machine_info(), **gpu_info()}
     result["gemm_tflops"] = gemm_peaks()
+    use_tf32()  # as train.py sets it on CUDA, for both loops
     with tempfile.TemporaryDirectory(prefix="rnnlm-gpu-cache-") as cache:
         dm = build_datamodule(PLAN, cache_dir=cache)
         result["training"] = measure_training(dm, result["gemm_tflops"])
         vocab_size = dm.vocab_size
         text = dm.tokenizer.decode(dm.tokens["train"][:1_000_000].tolist())
-    result["auto_precision"], result["auto_reason"] = auto_precision("gpu", "lstm", PLAN.hidden_size, PLAN.num_layers)
+    network = {"vocab_size": vocab_size, "cell": "lstm", "hidden_size": PLAN.hidden_size, "num_layers": PLAN.num_layers,
+               "embedding_dim": PLAN.embedding_dim}
+    result["auto_precision"], result["auto_reason"] = auto_precision("gpu", network, PLAN.batch_size, PLAN.seq_len)
     result.update(measure_sampling(vocab_size))
     result.update(measure_ddp(text))
     result["gpu_tests"] = run_gpu_tests() if with_tests else {"summary": "not run (--no-tests)"}
     result["bench_seconds"] = time.perf_counter() - started
     return result
+
+
+# The issue's targets for a GPU run, each checked by format_gpu.
+TARGETS = {"trainer_over_bare": 0.95, "ddp_scaling": 1.8, "sample_1_stream_chars_per_s": 2000.0}
+
+
+def target_lines(r: dict[str, Any]) -> list[str]:
+    """One line per target: met or not, with the figure."""
+    rows = [row for row in r["training"].values() if "ratio" in row]
+    lines = []
+    if rows:
+        worst = min(row["ratio"] for row in rows)
+        lines.append(f"{'met' if worst >= TARGETS['trainer_over_bare'] else 'MISSED':<7}Trainer >= "
+                     f"{TARGETS['trainer_over_bare']} of the bare loop: worst {worst:.3f}")
+    auto = r["training"].get(f"lstm_{r['auto_precision']}", {})
+    fp32 = r["training"].get("lstm_32-true", {})
+    if "bare_tokens_per_s" in auto and "bare_tokens_per_s" in fp32:
+        ok = auto["bare_tokens_per_s"] >= fp32["bare_tokens_per_s"] * 0.98
+        lines.append(f"{'met' if ok else 'MISSED':<7}auto ({r['auto_precision']}) not slower than fp32: "
+                     f"{auto['bare_tokens_per_s']:,.0f} against {fp32['bare_tokens_per_s']:,.0f} tok/s (LSTM, bare loop)")
+    if "ddp_scaling" in r:
+        ok = r["ddp_scaling"] >= TARGETS["ddp_scaling"]
+        lines.append(f"{'met' if ok else 'MISSED':<7}2-GPU DDP >= {TARGETS['ddp_scaling']}x one GPU: x{r['ddp_scaling']:.2f}")
+    one = r["sample_1_streams_chars_per_s"]
+    lines.append(f"{'met' if one >= TARGETS['sample_1_stream_chars_per_s'] else 'MISSED':<7}batch-1 sampling >= "
+                 f"{TARGETS['sample_1_stream_chars_per_s']:,.0f} chars/s: {one:,.0f}")
+    return lines
 
 
 def format_gpu(r: dict[str, Any]) -> str:
@@ -270,5 +309,6 @@ def format_gpu(r: dict[str, Any]) -> str:
                                  f"{r['ddp_1_gpu_tokens_per_s']:,.0f}: x{r['ddp_scaling']:.2f}" if "ddp_scaling" in r else r["ddp"]),
               f"gpu tests    {r['gpu_tests']['summary']}",
               *(f"  {line}" for line in r["gpu_tests"].get("failures", [])),
+              *(f"target       {line}" for line in target_lines(r)),
               f"took         {r['bench_seconds']:.0f} s"]
     return "\n".join(re.sub(r"\s+$", "", line) for line in lines)

@@ -152,3 +152,34 @@ def test_the_gpu_checks_ddp_figure_is_read_from_the_runs_throughput_log(tmp_path
     corpus.write_text("It is a truth universally acknowledged, that a single man in possession. " * 2000, encoding="utf-8")
     rate = ddp_rate(1, str(corpus), tmp_path, steps=60, accelerator="cpu", hidden_size=32, batch_size=4, seq_len=16)
     assert 0 < rate < 1e9
+
+
+@pytest.mark.slow
+def test_the_gpu_checks_measurements_run_here_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks.gpu's training, sampling and test-running parts, on the CPU with a tiny plan
+    (the GPU check itself cannot run here): every figure it prints is there and finite."""
+    from benchmarks.common import Plan
+    from benchmarks.gpu import format_gpu, measure_sampling, measure_training, run_gpu_tests
+    from benchmarks.training import build_datamodule
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("It is a truth universally acknowledged, that a single man in possession. " * 500, encoding="utf-8")
+    plan = Plan("cpu-check", hidden_size=32, num_layers=1, embedding_dim=16, batch_size=4, seq_len=16, warmup_steps=1,
+                timed_steps=3, sample_length=10, sample_streams=4, corpus=str(corpus))
+    dm = build_datamodule(plan, cache_dir=str(tmp_path / "cache"))
+    training = measure_training(dm, {"tf32": 1.0}, plan, device="cpu", precisions=("32-true",))
+    assert set(training) == {"lstm_32-true", "gru_32-true"}
+    for row in training.values():
+        assert 0 < row["bare_tokens_per_s"] < 1e9 and 0 < row["lightning_tokens_per_s"] < 1e9, row
+        assert row["ratio"] == pytest.approx(row["lightning_tokens_per_s"] / row["bare_tokens_per_s"])
+    sampling = measure_sampling(dm.vocab_size, plan, device="cpu")
+    assert all(0 < rate < 1e9 for rate in sampling.values()) and len(sampling) == 2
+    tests = run_gpu_tests()
+    assert tests["returncode"] == 0 and "skipped" in tests["summary"], tests  # here every gpu test skips, saying why
+    result = {"gpu": "a GPU", "gpus": 1, "memory_gib": 80.0, "capability": "9.0", "driver": "1", "cuda": "12", "cudnn": 9,
+              "machine": {"torch": torch.__version__}, "gemm_tflops": {"tf32": 1.0}, "training": training,
+              "auto_precision": "32-true", "auto_reason": "a reason", **{k.replace("_4_", "_32_"): v for k, v in sampling.items()},
+              "ddp": "not measured: 1 GPU", "gpu_tests": tests, "bench_seconds": 1.0}
+    table = format_gpu(result)
+    assert "lstm_32-true" in table and "ratio" in table and tests["summary"] in table
+    assert "Trainer >= 0.95 of the bare loop" in table and "batch-1 sampling >= 2,000 chars/s" in table

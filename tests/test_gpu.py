@@ -2,6 +2,7 @@
 engine's text, stateful evaluation, DDP on two GPUs. Marked ``gpu``: skipped, with the reason,
 where CUDA is absent (``python -m benchmarks --gpu`` runs them on a GPU machine)."""
 
+import json
 import math
 
 import pytest
@@ -24,7 +25,7 @@ TEXT = "ROMEO: But, soft! what light through yonder window breaks?\nJULIET: Ay m
 
 
 def needs_bf16(precision: str) -> None:
-    if precision.startswith("bf16") and DEVICE == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision.startswith("bf16") and DEVICE == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         pytest.skip("this GPU has no bf16")
 
 
@@ -45,7 +46,14 @@ def test_each_cell_trains_in_each_precision(tmp_path, corpus_file, cell, precisi
     assert math.isfinite(metrics["val/loss"]) and metrics["val/loss"] < math.log(objects["datamodule"].vocab_size)
 
 
-def test_auto_precision_picks_one_that_runs(tmp_path, corpus_file):
+def test_auto_precision_probes_each_precision_and_picks_one_that_runs(tmp_path, corpus_file):
+    from rnnlm.training.precision import CUDA_PRECISIONS, probe_precisions
+
+    network = {"vocab_size": 100, "cell": "lstm", "hidden_size": 64, "num_layers": 2, "embedding_dim": 16}
+    timings = probe_precisions(network, CUDA_PRECISIONS)
+    assert isinstance(timings["32-true"], float) and isinstance(timings["16-mixed"], float), timings
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        assert isinstance(timings["bf16-mixed"], float), timings
     metrics, objects = run(tmp_path, corpus_file, "run", "trainer.precision=auto", "trainer.max_steps=10", "test=false")
     assert objects["trainer"].precision in PRECISIONS and math.isfinite(metrics["val/loss"])
 
@@ -120,10 +128,14 @@ def test_every_strategy_runs_on_the_gpu(tmp_path, strategy):
 
 
 @pytest.mark.skipif(DEVICE == "cuda" and torch.cuda.device_count() < 2, reason="DDP needs 2 GPUs")
-def test_ddp_on_two_gpus_trains_and_tests(tmp_path, corpus_file):
+def test_ddp_on_two_gpus_carries_each_ranks_own_streams(tmp_path, corpus_file):
+    """Two ranks, state carried across batches (each rank its own contiguous lanes), and the
+    stateful evaluation over both ranks' parts: the same figures as one process reading the
+    whole split in order, the weights being the same."""
     overrides = [o for o in GPU_TINY if not o.startswith("trainer=")]
     result = run_script("train.py", *overrides, "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=2",
-                        f"data.path={corpus_file}", "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'run'}",
-                        cwd=tmp_path, timeout=600)
+                        "data.order=lanes", "model.stateful_eval_lanes=1", f"data.path={corpus_file}",
+                        "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "run" / "metrics.json").is_file()
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert math.isfinite(record["metrics"]["val/loss_stateful"]) and math.isfinite(record["metrics"]["test/loss"])

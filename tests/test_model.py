@@ -192,6 +192,11 @@ def test_plateau_schedule_cuts_the_rate_when_validation_stalls_and_resumes_exact
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         return opt, WarmupPlateau(opt, **kwargs)
 
+    def validated(opt, sched, loss):  # one step, then a validation
+        opt.step()
+        sched.step()
+        sched.observe(loss)
+
     opt, sched = fresh(warmup_steps=4, factor=0.25, patience=1)
     lrs = []
     for _ in range(6):
@@ -199,21 +204,24 @@ def test_plateau_schedule_cuts_the_rate_when_validation_stalls_and_resumes_exact
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
-    sched.observe(5.0)  # the first validation is the best so far
-    sched.observe(5.2)  # one without improvement: patience 1 allows it
+    validated(opt, sched, 5.0)  # the first validation is the best so far
+    validated(opt, sched, 5.2)  # one without improvement: patience 1 allows it
     assert opt.param_groups[0]["lr"] == 1.0
-    sched.observe(5.1)  # the second in a row: cut at once
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
-    sched.observe(4.0)
-    sched.observe(4.5)
+    sched.observe(5.3)  # a second validation of the same step counts once
+    assert opt.param_groups[0]["lr"] == 1.0
+    validated(opt, sched, 5.1)  # the second in a row: cut at once
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25) and sched.get_last_lr() == pytest.approx([0.25])
+    validated(opt, sched, 4.0)
+    validated(opt, sched, 4.5)
     state = sched.state_dict()
     opt2, resumed = fresh(warmup_steps=4, factor=0.25, patience=1)
     resumed.load_state_dict(state)
-    for s, o in ((sched, opt), (resumed, opt2)):
-        s.observe(4.4)  # the second without improvement since 4.0, in both
-        o.step()
-        s.step()
+    validated(opt, sched, 4.4)  # the second without improvement since 4.0, in both
+    validated(opt2, resumed, 4.4)
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.0625)
+    _, patient = fresh(warmup_steps=4, factor=0.5, patience=3)
+    patient.load_state_dict(state)  # a resume with other settings keeps them, and the progress
+    assert (patient.patience, patient.factor, patient.best, patient.scale) == (3, 0.5, 4.0, 0.25)
 
 
 def test_a_run_on_the_plateau_schedule_cuts_at_each_stalled_validation(tmp_path, corpus_file):

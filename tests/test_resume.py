@@ -37,6 +37,21 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
     assert resumed["val/loss"] == pytest.approx(full["val/loss"], abs=1e-5)
 
 
+def test_a_run_on_the_plateau_schedule_resumes_exactly(tmp_path, corpus_file):
+    """The plateau's best loss, count and scale are in the checkpoint: a run broken after a
+    learning-rate cut continues as the unbroken one (threshold 100: every validation after the
+    first cuts the rate). It is broken at a validation step: a stop elsewhere validates there
+    (Lightning does when asked to stop), which the unbroken run does not."""
+    plateau = ["model/scheduler=plateau", "model.scheduler.warmup_steps=0", "model.scheduler.threshold=100",
+               "trainer.max_steps=30", "trainer.val_check_interval=10", "callbacks.early_stopping=null"]
+    full, whole = run(tmp_path, corpus_file, "full", *plateau)
+    run(tmp_path, corpus_file, "broken", *plateau, "+callbacks.stop._target_=tests.conftest.StopAtStep", "+callbacks.stop.step=20")
+    resumed, objects = run(tmp_path, corpus_file, "broken", *plateau, "ckpt_path=last")
+    lr = objects["trainer"].optimizers[0].param_groups[0]["lr"]
+    assert lr == whole["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(objects["cfg"].model.optimizer.lr / 16)
+    assert resumed["val/loss"] == pytest.approx(full["val/loss"], abs=1e-5)
+
+
 def test_a_resumed_config_is_adopted_only_once_lightning_has_restored_the_checkpoint(tmp_path, corpus_file, monkeypatch):
     run(tmp_path, corpus_file, "first", "trainer.max_steps=10")
     steps = []

@@ -3,6 +3,7 @@ import inspect
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from rnnlm.models.evaluation import score_totals
 from rnnlm.models.loading import load_model
 from rnnlm.training import precision as runtime
+from rnnlm.training import train as train_module
 from rnnlm.training.train import resolve_precision, summary, train
 from rnnlm.utils.errors import ConfigError
 from tests.conftest import CONF_DIR, TINY, compose_config
@@ -51,7 +53,7 @@ def test_default_run_is_budgeted_in_steps(tmp_path):
     for budget in ([], ["trainer.max_steps=700"]):
         cfg = compose_config("train", ["trainer.accelerator=cpu", *budget], tmp_path)
         resolve_precision(cfg)
-        assert cfg.trainer.precision == runtime.auto_precision("cpu", "lstm")[0]
+        assert cfg.trainer.precision == runtime.auto_precision("cpu", {"cell": "lstm"})[0]
         trainer = instantiate(cfg.trainer, logger=False)
         steps = trainer.max_steps
         assert steps == 700 if budget else steps > 0
@@ -83,7 +85,7 @@ def test_auto_precision_is_what_the_run_uses_and_records(tmp_path, corpus_file):
     cfg = compose_config("train", [*TINY, f"data.path={corpus_file}", "trainer.precision=auto", "trainer.max_steps=4",
                                    "trainer.val_check_interval=4", "test=false", "callbacks.sample_text=null"], tmp_path)
     _, objects = train(cfg)
-    expected = runtime.auto_precision("cpu", "lstm")[0]
+    expected = runtime.auto_precision("cpu", {"cell": "lstm"})[0]
     assert objects["trainer"].precision == expected
     assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == expected
 
@@ -539,52 +541,84 @@ def test_a_resumed_run_keeps_the_patience_it_asks_for():
 
 @pytest.mark.parametrize("timings, expected", [
     ({"bf16-mixed": 0.010, "16-mixed": 0.012, "32-true": 0.020}, "bf16-mixed"),
-    ({"bf16-mixed": 0.010, "16-mixed": 0.010, "32-true": 0.020}, "bf16-mixed"),  # a tie goes to bf16: no loss scaling
+    ({"bf16-mixed": 0.0105, "16-mixed": 0.010, "32-true": 0.020}, "bf16-mixed"),  # within the noise margin: no loss scaling
     ({"bf16-mixed": 0.015, "16-mixed": 0.012, "32-true": 0.020}, "16-mixed"),  # bf16 on a slow path
     ({"bf16-mixed": "RuntimeError: cuDNN error", "16-mixed": 0.012, "32-true": 0.020}, "16-mixed"),
     ({"bf16-mixed": 0.030, "16-mixed": 0.025, "32-true": 0.020}, "32-true"),  # never slower than fp32
     ({"bf16-mixed": "RuntimeError: x", "16-mixed": "RuntimeError: y", "32-true": "RuntimeError: z"}, "32-true"),
 ])
 def test_auto_precision_on_a_gpu_is_the_fastest_that_ran(tmp_path, monkeypatch, caplog, timings, expected):
-    """On CUDA, trainer.precision=auto times one step of the configured stack per precision
-    (in a child process) and uses the fastest that ran; the log line says what it measured."""
+    """On CUDA, trainer.precision=auto times one step of the configured network at the run's
+    batch (in a child process) per precision and uses the fastest that ran, a later one only if
+    10% faster; the log line says what it measured."""
     asked = []
+    monkeypatch.setenv(train_module.PRECISION_ENV, "")  # restored after the test: auto sets it for launched ranks
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(runtime, "probe_precisions", lambda *args, **kwargs: asked.append(args) or dict(timings))
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda value: None)
+    monkeypatch.setattr(runtime, "probe_precisions", lambda *args, **kwargs: asked.append((args, kwargs)) or dict(timings))
     cfg = compose_config("train", ["trainer.precision=auto", "trainer.accelerator=gpu", "model.cell=gru",
-                                   "model.hidden_size=24", "model.num_layers=3"], tmp_path)
+                                   "model.hidden_size=24", "model.num_layers=3", "data.batch_size=8"], tmp_path)
     with caplog.at_level(logging.INFO, logger="rnnlm.training.train"):
-        resolve_precision(cfg)
+        resolve_precision(cfg, vocab_size=9000)
     assert cfg.trainer.precision == expected
-    assert asked == [("gru", 24, 3, runtime.CUDA_PRECISIONS)]  # the configured stack, every precision
+    (network, precisions), kwargs = asked[0]
+    assert precisions == runtime.CUDA_PRECISIONS and kwargs == {"batch_size": 8, "seq_len": 256}
+    assert network == {"vocab_size": 9000, "cell": "gru", "hidden_size": 24, "num_layers": 3, "embedding_dim": 64,
+                       "output": "adaptive", "tie_weights": False}  # the run's network, output layer included
     line = next(r.getMessage() for r in caplog.records if "trainer.precision=auto" in r.getMessage())
     assert expected in line and ("failed" in line) == any(isinstance(t, str) for t in timings.values())
+    assert os.environ[train_module.PRECISION_ENV] == expected  # what Lightning's launched ranks inherit
 
 
-def test_an_explicit_gpu_precision_that_fails_its_probe_is_one_line(tmp_path, monkeypatch):
+def test_auto_precision_on_a_gpu_is_the_resumed_runs_and_rank_zeros(tmp_path, monkeypatch):
+    """A resumed run keeps the precision its checkpoint was trained in, and a rank Lightning
+    launched takes rank 0's: neither probes, so a timing cannot make them differ."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(runtime, "probe_precisions",
-                        lambda cell, hidden, layers, precisions: {p: "RuntimeError: no bf16 LSTM kernel" for p in precisions})
-    cfg = compose_config("train", ["trainer.precision=bf16-mixed", "trainer.accelerator=gpu"], tmp_path)
-    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed fails on this GPU for a LSTM "
-                                          r"\(RuntimeError: no bf16 LSTM kernel\); use trainer.precision=auto"):
-        resolve_precision(cfg)
-    monkeypatch.setattr(runtime, "probe_precisions", lambda cell, hidden, layers, precisions: {p: 0.01 for p in precisions})
-    resolve_precision(cfg)  # one that runs is honoured
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda value: None)
+    monkeypatch.setattr(runtime, "probe_precisions", lambda *args, **kwargs: pytest.fail("probed"))
+    cfg = compose_config("train", ["trainer.precision=auto", "trainer.accelerator=gpu"], tmp_path)
+    monkeypatch.setenv(train_module.PRECISION_ENV, "")
+    resolve_precision(cfg, resumed="16-mixed")
+    assert cfg.trainer.precision == "16-mixed"
+    monkeypatch.setenv(train_module.PRECISION_ENV, "bf16-mixed")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = compose_config("train", ["trainer.precision=auto", "trainer.accelerator=gpu"], tmp_path)
+    resolve_precision(cfg, resumed="16-mixed")
     assert cfg.trainer.precision == "bf16-mixed"
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16", "16-mixed", "16"])
+def test_an_explicit_gpu_precision_that_fails_its_probe_is_one_line(tmp_path, monkeypatch, precision):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", lambda value: None)
+    monkeypatch.setattr(runtime, "probe_precisions",
+                        lambda network, precisions, **kw: {p: "RuntimeError: no bf16 LSTM kernel" for p in precisions})
+    cfg = compose_config("train", [f"trainer.precision={precision}", "trainer.accelerator=gpu"], tmp_path)
+    with pytest.raises(ConfigError, match=rf"^trainer.precision={precision} fails on this GPU for a LSTM "
+                                          r"\(RuntimeError: no bf16 LSTM kernel\); use trainer.precision=auto"):
+        resolve_precision(cfg)
+    monkeypatch.setattr(runtime, "probe_precisions", lambda network, precisions, **kw: {p: 0.01 for p in precisions})
+    resolve_precision(cfg)  # one that runs is honoured
+    assert str(cfg.trainer.precision) == precision
+
+
 def test_the_precision_probe_times_a_real_step_in_a_child_and_reports_failures():
-    timings = runtime.probe_precisions("lstm", 8, 1, ["32-true"], device="cpu")
+    network = {"vocab_size": 20, "cell": "lstm", "hidden_size": 8, "num_layers": 1, "embedding_dim": 8}
+    timings = runtime.probe_precisions(network, ["32-true"], device="cpu", batch_size=4, seq_len=8)
     assert isinstance(timings["32-true"], float) and 0 < timings["32-true"] < 60
-    failed = runtime.probe_precisions("lstm", 8, 1, ["32-true", "16-mixed"], device="nonexistent")
+    failed = runtime.probe_precisions(network, ["32-true", "16-mixed"], device="nonexistent")
     assert all(isinstance(reason, str) and reason.startswith("RuntimeError") for reason in failed.values()), failed
+
+
+def test_a_checkpoint_records_the_precision_it_was_trained_in(tmp_path, trained):
+    ckpt = torch.load(trained["objects"]["last_ckpt"], weights_only=True)
+    assert ckpt["rnnlm_precision"] == "32-true"
 
 
 def test_the_small_corpus_preset_ties_its_matrices_and_cuts_its_rate_on_plateaus(tmp_path, corpus_file):
     from rnnlm.models.schedules import WarmupPlateau
 
-    cfg = compose_config("train", [*TINY, "experiment=words_small", f"data.path={corpus_file}", "model.embedding_dim=48",
+    cfg = compose_config("train", [*TINY, "experiment=words_small", f"data.path={corpus_file}", "model.embedding_dim=${model.hidden_size}",
                                    "trainer.max_steps=20", "trainer.val_check_interval=10", "callbacks.sample_text=null",
                                    "test=false"], tmp_path)
     metrics, objects = train(cfg)

@@ -25,6 +25,7 @@ NETWORK_DEFAULTS = {k: p.default for k, p in inspect.signature(RNNLM).parameters
 CHECKPOINT_FORMAT = "rnnlm/1"
 CHECKPOINT_METRICS = "rnnlm_metrics"
 SAVED_METRICS = ("val/loss", "val/bpc", "val/bpc_stateful")
+PRECISION_KEY = "rnnlm_precision"  # the Trainer's precision: a resumed run on a GPU keeps it
 LN2 = math.log(2)
 
 
@@ -202,3 +203,5 @@ class LanguageModel(pl.LightningModule):
         # without the run's logs (rnnlm.sampling.playground).
         metrics = self.trainer.callback_metrics if self._trainer is not None else {}
         checkpoint[CHECKPOINT_METRICS] = {k: float(metrics[k]) for k in SAVED_METRICS if k in metrics}
+        if self._trainer is not None:
+            checkpoint[PRECISION_KEY] = str(self.trainer.precision)

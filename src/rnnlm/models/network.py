@@ -155,9 +155,9 @@ class RNNLM(nn.Module):
 
     def compile_around_recurrence(self) -> None:
         """``torch.compile`` the layers before and after the recurrent stack, never the stack:
-        dynamo breaks the graph at ``nn.LSTM``/``nn.GRU`` (pytorch #141184) and can leave what
-        follows the break uncompiled (#167275), and a fused cuDNN/oneDNN RNN kernel has nothing
-        to gain from compiling. Each compiled function is bound to this instance as a method,
+        dynamo breaks the graph at ``nn.LSTM``/``nn.GRU`` (pytorch #167275) and may not resume
+        the function correctly after the break (#141184), and a fused cuDNN/oneDNN RNN kernel
+        has nothing to gain from compiling. Each compiled function is bound to this instance as a method,
         so a deep copy (an EMA's averaged model) runs on its own weights; the state dict is
         unchanged."""
         for name in ("inputs", "output_logits", "output_loss"):

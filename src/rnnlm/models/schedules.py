@@ -67,15 +67,29 @@ class WarmupPlateau(LRScheduler):
     ):
         self.warmup_steps, self.factor, self.patience, self.threshold = warmup_steps, factor, patience, threshold
         self.scale, self.best, self.bad_validations = 1.0, math.inf, 0
+        self.observed_at = -1  # the step of the last validation seen
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
         warm = min(1.0, (self.last_epoch + 1) / self.warmup_steps) if self.warmup_steps else 1.0
         return [base * warm * self.scale for base in self.base_lrs]
 
+    SETTINGS = ("warmup_steps", "factor", "patience", "threshold")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """The checkpoint's progress (step, best loss, count, scale) with this run's settings: a
+        run resumed with another ``model.scheduler.patience`` uses it, as early stopping does."""
+        settings = {name: getattr(self, name) for name in self.SETTINGS}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(settings)
+
     def observe(self, loss: float) -> None:
         """One validation's loss: cut the LR (from the next step on) if it is the
-        ``patience + 1``-th in a row without an improvement."""
+        ``patience + 1``-th in a row without an improvement. A second validation at the same
+        step (Lightning validates again when a run is asked to stop there) counts once."""
+        if self.last_epoch == self.observed_at:
+            return
+        self.observed_at = self.last_epoch
         if loss < self.best - self.threshold:
             self.best, self.bad_validations = loss, 0
             return
@@ -85,5 +99,6 @@ class WarmupPlateau(LRScheduler):
             self.bad_validations = 0
             log.info("validation loss %.4f did not improve on %.4f: learning rate x%g, now x%g of its peak",
                      loss, self.best, self.factor, self.scale)
-            for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            self._last_lr = self.get_lr()
+            for group, lr in zip(self.optimizer.param_groups, self._last_lr):
                 group["lr"] = lr

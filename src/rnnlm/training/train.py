@@ -27,17 +27,18 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.models.calibration import Calibrate
-from rnnlm.models.module import LanguageModel
+from rnnlm.models.module import PRECISION_KEY, LanguageModel
+from rnnlm.models.output import ADAPTIVE_ABOVE, resolve_output
 from rnnlm.training.callbacks import AdoptResumedConfig, CheckpointOnInterrupt, sample_texts, steps_per_pass
 from rnnlm.training.checkpoint_io import remove_partial_files
-from rnnlm.training.precision import auto_precision, check_precision
+from rnnlm.training.precision import CUDA_PRECISIONS, auto_precision, check_precision, on_cuda, use_tf32
 from rnnlm.training.resume import check_architecture, check_resumable, resolve_ckpt_path
 from rnnlm.utils.cli import sigterm_interrupts
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import write_text
 from rnnlm.utils.memory import keep_freed_memory
 from rnnlm.utils.options import check_config
-from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable
+from rnnlm.utils.rundir import CHECKPOINT_DIR, check_resume_dir, check_writable, is_launched_rank
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +72,45 @@ def check_devices(cfg: DictConfig) -> None:
                           f"use at most trainer.devices={cores} (each process already uses several threads)")
 
 
-def resolve_precision(cfg: DictConfig) -> None:
-    """``trainer.precision=auto``: bf16-mixed where it is faster (see ``auto_precision``), else fp32;
-    a precision given explicitly is checked against what this machine can run."""
-    accelerator, cell = str(cfg.trainer.get("accelerator", "auto")), str(cfg.model.get("cell", "lstm"))
-    size = {"hidden_size": int(cfg.model.get("hidden_size", 256)), "num_layers": int(cfg.model.get("num_layers", 2))}
+# Rank 0's choice under trainer.precision=auto on a GPU, for the ranks Lightning launches (they
+# inherit the environment): a timing could differ between processes.
+PRECISION_ENV = "RNNLM_PRECISION"
+
+
+def probe_network(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
+    """The network the run will train, as :class:`RNNLM` arguments: what a precision probe times."""
+    m = cfg.model
+    output = resolve_output(str(m.get("output", "auto")), vocab_size, int(m.get("adaptive_above", ADAPTIVE_ABOVE)))
+    return {"vocab_size": vocab_size, "cell": str(m.get("cell", "lstm")), "hidden_size": int(m.get("hidden_size", 256)),
+            "num_layers": int(m.get("num_layers", 2)), "embedding_dim": m.get("embedding_dim", 64), "output": output,
+            "tie_weights": bool(m.get("tie_weights", False))}
+
+
+def resolve_precision(cfg: DictConfig, vocab_size: int = 256, resumed: str | None = None) -> None:
+    """``trainer.precision=auto``: the fastest that runs here (see ``auto_precision``); a resumed
+    GPU run keeps the precision its checkpoint was written in (``resumed``), and Lightning's
+    launched ranks take rank 0's. A precision given explicitly is checked against what this
+    machine can run."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    network = probe_network(cfg, vocab_size)
+    batch = {"batch_size": int(cfg.data.get("batch_size", 32)), "seq_len": int(cfg.data.get("seq_len", 64))}
+    if on_cuda(accelerator):
+        use_tf32()
     if str(cfg.trainer.get("precision")) == "auto":
-        precision, reason = auto_precision(accelerator, cell, **size)
+        chosen_by_rank0 = os.environ.get(PRECISION_ENV, "") if is_launched_rank() else ""
+        if on_cuda(accelerator) and chosen_by_rank0 in CUDA_PRECISIONS:
+            precision, reason = chosen_by_rank0, "rank 0's choice"
+        elif on_cuda(accelerator) and resumed in CUDA_PRECISIONS:
+            precision, reason = resumed, "the precision the resumed checkpoint was trained in"
+        else:
+            precision, reason = auto_precision(accelerator, network, **batch)
+        if on_cuda(accelerator):
+            os.environ[PRECISION_ENV] = precision
         with read_write(cfg.trainer):
             cfg.trainer.precision = precision
         log.info("trainer.precision=auto: %s (%s)", precision, reason)
     else:
-        check_precision(str(cfg.trainer.get("precision")), accelerator, cell, **size)
+        check_precision(str(cfg.trainer.get("precision")), accelerator, network, **batch)
 
 
 def instantiate_group(group: DictConfig | None, name: str) -> list[Any]:
@@ -228,8 +256,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.get("prepare_only"):
         return prepare_corpus(cfg)
     check_devices(cfg)
-    resolve_precision(cfg)
     datamodule = build_datamodule(cfg)
+    resolve_precision(cfg, datamodule.vocab_size, resumed=resume_from[1].get(PRECISION_KEY) if resume_from else None)
     model = build_model(cfg, datamodule)
     ckpt_path = None
     if resume_from is not None:
