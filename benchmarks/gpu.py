@@ -244,7 +244,7 @@ def measure_ddp(corpus_text: str) -> dict[str, Any]:
     return {"ddp_1_gpu_tokens_per_s": one, "ddp_2_gpus_tokens_per_s": two, "ddp_scaling": two / one}
 
 
-def measure_gpu(with_tests: bool = True) -> dict[str, Any]:
+def measure_gpu() -> dict[str, Any]:
     started = time.perf_counter()
     result: dict[str, Any] = {"plan": "gpu", "machine": machine_info(), **gpu_info()}
     result["gemm_tflops"] = gemm_peaks()
@@ -259,12 +259,12 @@ def measure_gpu(with_tests: bool = True) -> dict[str, Any]:
     result["auto_precision"], result["auto_reason"] = auto_precision("gpu", network, PLAN.batch_size, PLAN.seq_len)
     result.update(measure_sampling(vocab_size))
     result.update(measure_ddp(text))
-    result["gpu_tests"] = run_gpu_tests() if with_tests else {"summary": "not run (--no-tests)"}
+    result["gpu_tests"] = run_gpu_tests()
     result["bench_seconds"] = time.perf_counter() - started
     return result
 
 
-# The targets for a GPU run, each checked by format_gpu.
+# What a GPU run should reach (docs/performance.md#gpus), each checked by format_gpu.
 TARGETS = {"trainer_over_bare": 0.95, "ddp_scaling": 1.8, "sample_1_stream_chars_per_s": 2000.0}
 
 

@@ -27,7 +27,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 
 from rnnlm.data.datamodule import CorpusDataModule
 from rnnlm.models.calibration import Calibrate
-from rnnlm.models.module import PRECISION_KEY, LanguageModel
+from rnnlm.models.module import NETWORK_DEFAULTS, PRECISION_KEY, LanguageModel
 from rnnlm.models.output import ADAPTIVE_ABOVE, resolve_output
 from rnnlm.training.callbacks import AdoptResumedConfig, CheckpointOnInterrupt, sample_texts, steps_per_pass
 from rnnlm.training.checkpoint_io import remove_partial_files
@@ -80,10 +80,11 @@ PRECISION_ENV = "RNNLM_PRECISION"
 def probe_network(cfg: DictConfig, vocab_size: int) -> dict[str, Any]:
     """The network the run will train, as :class:`RNNLM` arguments: what a precision probe times."""
     m = cfg.model
-    output = resolve_output(str(m.get("output", "auto")), vocab_size, int(m.get("adaptive_above", ADAPTIVE_ABOVE)))
-    return {"vocab_size": vocab_size, "cell": str(m.get("cell", "lstm")), "hidden_size": int(m.get("hidden_size", 256)),
-            "num_layers": int(m.get("num_layers", 2)), "embedding_dim": m.get("embedding_dim", 64), "output": output,
-            "tie_weights": bool(m.get("tie_weights", False))}
+    network = {name: m.get(name, NETWORK_DEFAULTS[name]) for name in ("cell", "hidden_size", "num_layers", "embedding_dim",
+                                                                      "tie_weights")}
+    output = resolve_output(str(m.get("output", NETWORK_DEFAULTS["output"])), vocab_size,
+                            int(m.get("adaptive_above", ADAPTIVE_ABOVE)))
+    return {"vocab_size": vocab_size, **network, "output": output}
 
 
 def resolve_precision(cfg: DictConfig, vocab_size: int = 256, resumed: str | None = None) -> None:
