@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Plan, cycle, machine_info, quiet_lightning
-from benchmarks.training import build_datamodule
+from benchmarks.common import Plan, cycle, machine_info
+from benchmarks.training import build_datamodule, lightning_train_steps
 from rnnlm.models.network import flops_per_token
 from rnnlm.training.precision import AUTOCAST_DTYPES, CUDA_PRECISIONS, auto_precision, use_tf32
 
@@ -121,35 +121,6 @@ def bare_steps(dm, cell: str, precision: str, plan: Plan = PLAN, device: str = "
     return device_seconds(step, plan.timed_steps, plan.warmup_steps, device)
 
 
-def lightning_steps(dm, cell: str, precision: str, plan: Plan = PLAN, device: str = "cuda") -> list[float]:
-    """Per-step seconds of ``Trainer.fit`` on :class:`LanguageModel` on one GPU, timed at each
-    batch end after a synchronisation (the bare loop synchronises as often)."""
-    import pytorch_lightning as pl
-
-    from rnnlm.models.module import LanguageModel
-
-    class StepTimer(pl.Callback):
-        def __init__(self) -> None:
-            self.ends: list[float] = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            synchronize(device)
-            self.ends.append(time.perf_counter())
-
-    quiet_lightning()
-    torch.manual_seed(0)
-    model = LanguageModel(vocab_size=dm.vocab_size, tokenizer=dm.tokenizer.to_dict(), cell=cell,
-                          hidden_size=plan.hidden_size, num_layers=plan.num_layers, embedding_dim=plan.embedding_dim,
-                          stateful_eval_lanes=None, optimizer=functools.partial(torch.optim.AdamW, lr=2e-3))
-    timer = StepTimer()
-    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else device, devices=1, precision=precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0, max_steps=plan.warmup_steps + plan.timed_steps + 1,
-                         gradient_clip_val=1.0, callbacks=[timer])
-    trainer.fit(model, datamodule=dm)
-    return [b - a for a, b in zip(timer.ends, timer.ends[1:])][plan.warmup_steps:]
-
-
 def measure_training(dm, peaks: dict[str, float], plan: Plan = PLAN, device: str = "cuda",
                      precisions: tuple[str, ...] = CUDA_PRECISIONS) -> dict[str, Any]:
     tokens = plan.batch_size * plan.seq_len
@@ -163,7 +134,7 @@ def measure_training(dm, peaks: dict[str, float], plan: Plan = PLAN, device: str
                 continue
             try:
                 bare = tokens / statistics.median(bare_steps(dm, cell, precision, plan, device))
-                lightning = tokens / statistics.median(lightning_steps(dm, cell, precision, plan, device))
+                lightning = tokens / statistics.median(lightning_train_steps(plan, dm, cell, "gpu" if device == "cuda" else device, precision))
             except Exception as error:  # noqa: BLE001 - a precision that fails is a finding, not the end
                 result[key] = {"error": f"{type(error).__name__}: {str(error).strip()[:200]}"}
                 continue

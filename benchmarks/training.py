@@ -89,8 +89,11 @@ def bare_train_steps(plan: Plan, dm, cell: str, steps: int, bf16: bool = False) 
     return times[plan.warmup_steps:]
 
 
-def lightning_train_steps(plan: Plan, dm) -> list[float]:
-    """Per-step wall times of ``Trainer.fit`` on :class:`LanguageModel`, timed by a callback."""
+def lightning_train_steps(plan: Plan, dm, cell: str = "lstm", accelerator: str = "cpu",
+                          precision: str = "32-true") -> list[float]:
+    """Per-step wall times of ``Trainer.fit`` on :class:`LanguageModel`, timed by a callback at
+    each batch end (after a GPU synchronisation on ``accelerator="gpu"``, as a bare loop that
+    synchronises once a step)."""
     import functools
 
     import pytorch_lightning as pl
@@ -102,18 +105,20 @@ def lightning_train_steps(plan: Plan, dm) -> list[float]:
             self.ends: list[float] = []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if accelerator == "gpu":
+                torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
 
     quiet_lightning()
     torch.manual_seed(0)
     model = LanguageModel(
-        vocab_size=dm.vocab_size, tokenizer=dm.tokenizer.to_dict(), cell="lstm",
+        vocab_size=dm.vocab_size, tokenizer=dm.tokenizer.to_dict(), cell=cell,
         hidden_size=plan.hidden_size, num_layers=plan.num_layers, embedding_dim=plan.embedding_dim,
         optimizer=functools.partial(torch.optim.AdamW, lr=2e-3),
     )
     timer = StepTimer()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        accelerator=accelerator, devices=1, precision=precision, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         num_sanity_val_steps=0, max_steps=plan.warmup_steps + plan.timed_steps,
         gradient_clip_val=1.0, callbacks=[timer],
