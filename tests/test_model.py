@@ -40,6 +40,45 @@ def test_input_dropout_acts_on_the_first_layer_input_in_training_only():
     torch.testing.assert_close(seen[-1], net.embedding(tokens))  # ...and none in eval mode
 
 
+def test_embedding_dropout_drops_whole_words_in_training_only():
+    torch.manual_seed(0)
+    net = RNNLM(11, "lstm", hidden_size=12, num_layers=1, embedding_dim=8, embedding_dropout=0.5)
+    seen = []
+    net.rnn.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    tokens = torch.tensor([[3, 3, 3, 5, 5, 5, 7, 7, 7, 9, 9, 9]] * 4)
+    net.train()(tokens)
+    dropped = (seen[-1] == 0).all(-1)  # a dropped word is a zero row
+    assert 0 < dropped.float().mean() < 1
+    for word in (3, 5, 7, 9):  # every occurrence of a word is kept or dropped together
+        assert dropped[tokens == word].unique().numel() == 1
+    kept = ~dropped
+    torch.testing.assert_close(seen[-1][kept], 2 * net.embedding(tokens)[kept])  # scaled by 1 / (1 - p)
+    net.eval()(tokens)
+    torch.testing.assert_close(seen[-1], net.embedding(tokens))
+
+
+def test_weight_drop_masks_the_recurrent_weights_for_a_batch_and_trains_them():
+    torch.manual_seed(0)
+    net = RNNLM(11, "lstm", hidden_size=12, num_layers=2, embedding_dim=8, weight_drop=0.5)
+    plain = RNNLM(11, "lstm", hidden_size=12, num_layers=2, embedding_dim=8)
+    plain.load_state_dict(net.state_dict())
+    tokens = torch.randint(0, 11, (3, 7))
+    trained, _ = net.train()(tokens)
+    assert (trained - plain.train()(tokens)[0]).abs().max() > 1e-3  # the recurrence saw other weights
+    trained.sum().backward()
+    for layer in range(2):
+        grad = getattr(net.rnn, f"weight_hh_l{layer}").grad
+        assert grad is not None and 0 < (grad == 0).float().mean() < 1  # dropped entries get no gradient
+    before = net.rnn.weight_hh_l0.detach().clone()
+    torch.testing.assert_close(net.eval()(tokens)[0], plain.eval()(tokens)[0])  # evaluation: all weights
+    torch.testing.assert_close(net.rnn.weight_hh_l0, before)  # the parameter itself is never masked
+
+
+def test_embedding_dropout_needs_an_embedding():
+    with pytest.raises(ConfigError, match="embedding_dropout needs a learned embedding"):
+        RNNLM(11, "lstm", hidden_size=12, embedding_dim=None, embedding_dropout=0.1)
+
+
 def test_logit_scale_applies_outside_training_and_is_saved():
     net = RNNLM(11, "lstm", hidden_size=12, num_layers=1, embedding_dim=8)
     tokens = torch.randint(0, 11, (2, 5))

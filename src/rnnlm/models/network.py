@@ -21,7 +21,7 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # The RNNLM arguments that leave the weights' shapes as they are: a run may resume with others.
-SHAPE_FREE_ARGUMENTS = ("dropout", "input_dropout", "onehot_max_vocab")
+SHAPE_FREE_ARGUMENTS = ("dropout", "input_dropout", "embedding_dropout", "weight_drop", "onehot_max_vocab")
 
 
 def flops_per_token(cell: str, vocab_size: int, hidden_size: int, num_layers: int, embedding_dim: int | None,
@@ -50,6 +50,12 @@ class RNNLM(nn.Module):
     ``tie_weights`` shares the embedding and output matrices (needs
     ``embedding_dim == hidden_size``). ``dropout`` acts between layers and before the
     output layer; ``input_dropout`` on the embedded (or one-hot) input to the first layer.
+
+    Two regularisers of AWD-LSTM (Merity et al., 2018) for small corpora, active in training only:
+    ``embedding_dropout`` drops whole rows of the embedding (every occurrence of a word in a
+    batch at once), and ``weight_drop`` drops entries of each layer's hidden-to-hidden matrix
+    (DropConnect), one mask per batch shared by all time steps, so the recurrence itself is
+    regularised without touching the fused kernel's step.
     """
 
     def __init__(
@@ -63,6 +69,8 @@ class RNNLM(nn.Module):
         tie_weights: bool = False,
         onehot_max_vocab: int = 1024,
         input_dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        weight_drop: float = 0.0,
         output: str = "softmax",
         adaptive_cutoffs: list[int] | None = None,
         adaptive_div_value: float = 4.0,
@@ -70,7 +78,8 @@ class RNNLM(nn.Module):
         super().__init__()
         check_args("model", vocab_size=vocab_size, cell=cell, hidden_size=hidden_size, num_layers=num_layers,
                    dropout=dropout, embedding_dim=embedding_dim, onehot_max_vocab=onehot_max_vocab,
-                   input_dropout=input_dropout, output=output, adaptive_div_value=adaptive_div_value)
+                   input_dropout=input_dropout, embedding_dropout=embedding_dropout, weight_drop=weight_drop,
+                   output=output, adaptive_div_value=adaptive_div_value)
         if embedding_dim is None:
             if vocab_size > onehot_max_vocab:
                 raise ConfigError(
@@ -93,7 +102,11 @@ class RNNLM(nn.Module):
             input_size, hidden_size, num_layers, batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
+        if embedding_dropout and embedding_dim is None:
+            raise ConfigError("model.embedding_dropout needs a learned embedding: set model.embedding_dim=<int> "
+                              "or model.embedding_dropout=0")
         self.input_dropout = nn.Dropout(input_dropout)
+        self.embedding_dropout, self.weight_drop = float(embedding_dropout), float(weight_drop)
         self.dropout = nn.Dropout(dropout)
         self.decoder: nn.Linear | None = None
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
@@ -128,6 +141,11 @@ class RNNLM(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
             return F.one_hot(tokens, self.vocab_size).to(self.rnn.weight_ih_l0.dtype)
+        if self.training and self.embedding_dropout:
+            weight = self.embedding.weight
+            keep = torch.empty(weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
+            keep.bernoulli_(1 - self.embedding_dropout).div_(1 - self.embedding_dropout)
+            return F.embedding(tokens, weight * keep)
         return self.embedding(tokens)
 
     def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -136,7 +154,13 @@ class RNNLM(nn.Module):
 
     def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> the output layer's input [batch, time, hidden] and the new state."""
-        outputs, state = fastpaths.recurrent_forward(self.rnn, self.inputs(tokens), state)  # self.rnn, or faster
+        inputs = self.inputs(tokens)
+        if self.training and self.weight_drop:
+            weights = {name: F.dropout(w, self.weight_drop) if name.startswith("weight_hh") else w
+                       for name, w in self.rnn.named_parameters()}
+            outputs, state = torch.func.functional_call(self.rnn, weights, (inputs, state))
+        else:
+            outputs, state = fastpaths.recurrent_forward(self.rnn, inputs, state)  # self.rnn, or faster
         return self.dropout(outputs), state
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

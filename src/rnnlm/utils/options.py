@@ -148,6 +148,8 @@ OPTIONS: dict[str, Rule] = {
     "model.num_layers": count(64),
     "model.dropout": PROBABILITY,
     "model.input_dropout": PROBABILITY,
+    "model.embedding_dropout": PROBABILITY,
+    "model.weight_drop": PROBABILITY,
     "model.embedding_dim": count(WIDTH, nullable=True),
     "model.onehot_max_vocab": count(2**16),
     "model.adaptive_above": count(VOCAB),
