@@ -33,6 +33,7 @@ from rnnlm.training.callbacks import AdoptResumedConfig, CheckpointOnInterrupt, 
 from rnnlm.training.checkpoint_io import remove_partial_files
 from rnnlm.training.precision import CUDA_PRECISIONS, auto_precision, check_precision, on_cuda, use_tf32
 from rnnlm.training.resume import check_architecture, check_resumable, resolve_ckpt_path
+from rnnlm.training.sizing import size_to_corpus
 from rnnlm.utils.cli import sigterm_interrupts
 from rnnlm.utils.errors import ConfigError, Interrupted, RnnlmError
 from rnnlm.utils.files import write_text
@@ -258,6 +259,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         return prepare_corpus(cfg)
     check_devices(cfg)
     datamodule = build_datamodule(cfg)
+    size_to_corpus(cfg, len(datamodule.tokens["train"]))
     resolve_precision(cfg, datamodule.vocab_size, resumed=resume_from[1].get(PRECISION_KEY) if resume_from else None)
     model = build_model(cfg, datamodule)
     ckpt_path = None
