@@ -57,10 +57,11 @@ def test_embedding_dropout_drops_whole_words_in_training_only():
     torch.testing.assert_close(seen[-1], net.embedding(tokens))
 
 
-def test_weight_drop_masks_the_recurrent_weights_for_a_batch_and_trains_them():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])  # the GRU runs rnnlm.fastpaths.gru in fp32 on the CPU
+def test_weight_drop_masks_the_recurrent_weights_for_a_batch_and_trains_them(cell):
     torch.manual_seed(0)
-    net = RNNLM(11, "lstm", hidden_size=12, num_layers=2, embedding_dim=8, weight_drop=0.5)
-    plain = RNNLM(11, "lstm", hidden_size=12, num_layers=2, embedding_dim=8)
+    net = RNNLM(11, cell, hidden_size=12, num_layers=2, embedding_dim=8, weight_drop=0.5)
+    plain = RNNLM(11, cell, hidden_size=12, num_layers=2, embedding_dim=8)
     plain.load_state_dict(net.state_dict())
     tokens = torch.randint(0, 11, (3, 7))
     trained, _ = net.train()(tokens)
@@ -69,6 +70,7 @@ def test_weight_drop_masks_the_recurrent_weights_for_a_batch_and_trains_them():
     for layer in range(2):
         grad = getattr(net.rnn, f"weight_hh_l{layer}").grad
         assert grad is not None and 0 < (grad == 0).float().mean() < 1  # dropped entries get no gradient
+        assert (getattr(net.rnn, f"weight_ih_l{layer}").grad != 0).all()  # only hidden-to-hidden weights drop
     before = net.rnn.weight_hh_l0.detach().clone()
     torch.testing.assert_close(net.eval()(tokens)[0], plain.eval()(tokens)[0])  # evaluation: all weights
     torch.testing.assert_close(net.rnn.weight_hh_l0, before)  # the parameter itself is never masked

@@ -32,10 +32,14 @@ from rnnlm.fastpaths.decode import FastStep
 ENABLED = True
 
 
-def recurrent_forward(rnn: nn.RNNBase, inputs: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-    """``rnn(inputs, state)``, or the fast path that computes the same for this call."""
+def recurrent_forward(rnn: nn.RNNBase, inputs: torch.Tensor, state: Any,
+                      weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
+    """``rnn(inputs, state)``, or the fast path that computes the same for this call.
+    ``weights`` (parameter name -> tensor) replace the module's own for this call."""
     if ENABLED and gru.usable(rnn, inputs):
-        return gru.gru_forward(rnn, inputs, state)
+        return gru.gru_forward(rnn, inputs, state, weights)
+    if weights is not None:
+        return torch.func.functional_call(rnn, weights, (inputs, state))
     return rnn(inputs, state)
 
 

@@ -121,8 +121,10 @@ class GRURecurrence(torch.autograd.Function):
         return d_gi, d_h, d_w_hh, d_b_hh
 
 
-def gru_forward(rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rnn(x, h0)`` for a batch-first ``nn.GRU``, through :class:`GRURecurrence`.
+def gru_forward(rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None,
+                weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rnn(x, h0)`` for a batch-first ``nn.GRU``, through :class:`GRURecurrence`; ``weights``
+    (parameter name -> tensor) stand in for the module's own where given.
 
     Between layers it applies ``rnn.dropout`` in training mode, as ``nn.GRU`` does. The
     outputs are saved for backward: modifying them in place makes autograd refuse.
@@ -132,10 +134,11 @@ def gru_forward(rnn: nn.GRU, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[
         h0 = x.new_zeros(rnn.num_layers, batch, rnn.hidden_size)
     layer_input = x.transpose(0, 1)  # time-major: each step's rows are contiguous
     finals = []
+    given = {id(getattr(rnn, name)): w for name, w in (weights or {}).items()}
     for layer in range(rnn.num_layers):
         if layer > 0 and rnn.dropout and rnn.training:
             layer_input = F.dropout(layer_input, rnn.dropout, training=True)
-        w_ih, w_hh, b_ih, b_hh = rnn.all_weights[layer]
+        w_ih, w_hh, b_ih, b_hh = (given.get(id(w), w) for w in rnn.all_weights[layer])
         steps = layer_input.size(0)
         gi = InputProjection.apply(layer_input.reshape(steps * batch, -1), w_ih, b_ih).view(steps, batch, -1)
         layer_input = GRURecurrence.apply(gi, h0[layer].contiguous(), w_hh, b_hh)

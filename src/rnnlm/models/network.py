@@ -141,12 +141,11 @@ class RNNLM(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
             return F.one_hot(tokens, self.vocab_size).to(self.rnn.weight_ih_l0.dtype)
-        if self.training and self.embedding_dropout:
-            weight = self.embedding.weight
-            keep = torch.empty(weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
-            keep.bernoulli_(1 - self.embedding_dropout).div_(1 - self.embedding_dropout)
-            return F.embedding(tokens, weight * keep)
-        return self.embedding(tokens)
+        embedded = self.embedding(tokens)
+        if self.training and self.embedding_dropout:  # one draw per vocabulary entry, looked up per token
+            keep = embedded.new_empty(self.vocab_size).bernoulli_(1 - self.embedding_dropout)
+            embedded = embedded * (keep / (1 - self.embedding_dropout))[tokens][..., None]
+        return embedded
 
     def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` [batch, time] -> the first recurrent layer's input (embedded, dropped out)."""
@@ -154,13 +153,11 @@ class RNNLM(nn.Module):
 
     def features(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """``tokens`` [batch, time] -> the output layer's input [batch, time, hidden] and the new state."""
-        inputs = self.inputs(tokens)
+        weights = None
         if self.training and self.weight_drop:
             weights = {name: F.dropout(w, self.weight_drop) if name.startswith("weight_hh") else w
                        for name, w in self.rnn.named_parameters()}
-            outputs, state = torch.func.functional_call(self.rnn, weights, (inputs, state))
-        else:
-            outputs, state = fastpaths.recurrent_forward(self.rnn, inputs, state)  # self.rnn, or faster
+        outputs, state = fastpaths.recurrent_forward(self.rnn, self.inputs(tokens), state, weights)  # self.rnn, or faster
         return self.dropout(outputs), state
 
     def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

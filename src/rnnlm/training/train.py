@@ -246,9 +246,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         check_resume_dir(cfg.resume_dir)  # also checked before Hydra writes; here for in-process calls
         if not cfg.get("ckpt_path"):
             cfg.ckpt_path = "last"
-    if cfg.get("logger") and cfg.logger.get("wandb"):
-        with open_dict(cfg):
-            cfg.logger.wandb.update(wandb_settings(cfg, output_dir))
 
     resume_from = None
     if cfg.get("ckpt_path"):  # checked before the corpus is read: a wrong path fails at once
@@ -259,9 +256,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         return prepare_corpus(cfg)
     check_devices(cfg)
     datamodule = build_datamodule(cfg)
-    size_to_corpus(cfg, len(datamodule.tokens["train"]))
+    sized = size_to_corpus(cfg, len(datamodule.tokens["train"]))
+    if sized:
+        check_config(cfg)
+    if cfg.get("logger") and cfg.logger.get("wandb"):  # after sizing: the run's tags are final
+        with open_dict(cfg):
+            cfg.logger.wandb.update(wandb_settings(cfg, output_dir))
     resolve_precision(cfg, datamodule.vocab_size, resumed=resume_from[1].get(PRECISION_KEY) if resume_from else None)
-    model = build_model(cfg, datamodule)
+    try:
+        model = build_model(cfg, datamodule)
+    except ConfigError as err:
+        if not sized:
+            raise
+        raise ConfigError(f"{err} (corpus sizing gave this run experiment={cfg.corpus_sizing.small_preset}'s "
+                          "settings; corpus_sizing=null keeps the preset's own)") from None
     ckpt_path = None
     if resume_from is not None:
         path, checkpoint = resume_from

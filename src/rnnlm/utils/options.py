@@ -156,6 +156,7 @@ OPTIONS: dict[str, Rule] = {
     "model.adaptive_cutoffs.*": count(VOCAB),
     "model.adaptive_div_value": Number(1, 64),
     "model.stateful_eval_lanes": count(2**16, nullable=True),
+    "corpus_sizing.small_below_tokens": count(BIG, low=0),
     "model.optimizer.lr": Number(0, 1000, low_open=True),  # SGD recipes use up to 20-40
     "model.optimizer.weight_decay": Number(0, 100),
     "model.optimizer.momentum": PROBABILITY,
