@@ -183,3 +183,20 @@ def test_the_gpu_checks_measurements_run_here_on_the_cpu(tmp_path: Path) -> None
     table = format_gpu(result)
     assert "lstm_32-true" in table and "ratio" in table and tests["summary"] in table
     assert "Trainer >= 0.95 of the bare loop" in table and "batch-1 sampling >= 2,000 chars/s" in table
+
+
+def test_wikitext_style_splits_words_marks_and_hyphens_and_unks_rare_train_words(tmp_path):
+    from benchmarks import wikitext_style
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.txt").write_text("A well-known cat, a well-known dog,\na well-known hat.\n\nThe cat\u2019s dog\u2019s.")
+    (src / "valid.txt").write_text("A dog sat.")
+    (src / "test.txt").write_text("The cat sat.\n\n\n")
+    assert wikitext_style.main([str(src), str(tmp_path / "out"), "--min-count", "2"]) == 0
+    out = {name: (tmp_path / "out" / f"{name}.txt").read_text() for name in ("train", "valid", "test")}
+    assert out["train"] == (" <unk> well @-@ known cat , a well @-@ known dog , a well @-@ known <unk> . \n"  # a paragraph a line
+                            " <unk> cat ' s dog ' s . \n")  # seen once in train: <unk>; quotes made straight
+    assert out["valid"] == " <unk> dog <unk> . \n" and out["test"] == " <unk> cat <unk> . \n"  # train's vocabulary
+    with pytest.raises(SystemExit):
+        wikitext_style.main([str(tmp_path / "nope"), str(tmp_path / "x")])
