@@ -2,7 +2,8 @@
 
 SRC holds ``train.txt``, ``valid.txt`` and ``test.txt``; DST gets the same three files with
 one paragraph per line (paragraphs are separated by a blank line), words and marks split by
-spaces, a hyphen inside a word written `` @-@ ``, curly quotes made straight, and every word
+spaces (``cat's`` becomes ``cat ' s``, where WikiText writes ``cat 's``), a hyphen inside a word
+written `` @-@ ``, curly quotes made straight, underscores (italics) as spaces, and every word
 seen fewer than ``--min-count`` times in train (3, as WikiText-2) written ``<unk>`` in all three.
 pytorch/examples' word_language_model builds its vocabulary from every string of the three
 files, so on raw books it has a vocabulary of every spelling; on these files it has

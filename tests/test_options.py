@@ -17,7 +17,7 @@ from tests.processes import run_script
 # Config group choices whose options differ from the defaults'.
 TRAIN_VARIANTS = [[], ["model=gru"], ["callbacks=ema"], ["experiment=tinyshakespeare"], ["debug=fast"],
                   ["trainer=ddp"], ["trainer=gpu"], ["hparams_search=optuna"], ["experiment=sweep_cells"],
-                  ["experiment=words_small"]]
+                  ["experiment=words_small"], ["experiment=words"]]
 BAD_VALUES = [math.nan, math.inf, -math.inf, 0, -1, 0.5, 10**12]
 
 

@@ -1,5 +1,7 @@
 """experiment=words sizes itself to the train split (rnnlm.training.sizing)."""
 
+import json
+
 import pytest
 import yaml
 
@@ -54,6 +56,23 @@ def test_command_line_overrides_apply_as_they_would_to_the_small_preset():
     assert cfg.model.scheduler._target_.endswith("warmup_cosine") and cfg.trainer.max_steps == 100000
 
 
+def test_the_threshold_given_on_the_command_line_applies_and_is_not_passed_on():
+    overrides = ["experiment=words", "corpus_sizing.small_below_tokens=5000000", "corpus_sizing.small_preset=words_small"]
+    cfg = compose_config("train", overrides)
+    assert size_to_corpus(cfg, 2_000_000, overrides)["model.tie_weights"] is True  # words_small has no rule to set
+
+
+def test_a_preset_built_on_words_is_not_resized(monkeypatch):
+    from types import SimpleNamespace
+
+    hydra = SimpleNamespace(runtime=SimpleNamespace(choices={"experiment": "my_words"}), output_subdir=None)
+    monkeypatch.setattr(sizing, "HydraConfig", SimpleNamespace(initialized=lambda: True, get=lambda: hydra))
+    cfg = compose_config("train", ["experiment=words"])  # stands for a preset whose defaults hold words
+    assert size_to_corpus(cfg, SMALL, ["experiment=my_words"]) == {}
+    hydra.runtime.choices["experiment"] = "words"
+    assert size_to_corpus(cfg, SMALL, ["experiment=words"])["model.tie_weights"] is True
+
+
 def test_a_value_set_after_composing_is_kept():
     cfg = compose_config("train", ["experiment=words"])
     cfg.model.optimizer.weight_decay = 0.05
@@ -98,6 +117,7 @@ def test_a_sized_run_says_so_saves_what_it_ran_and_resumes(tmp_path, corpus_file
     first = run_script("train.py", *base, "trainer.max_steps=6", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "corpus sizing: the train split holds" in first.stdout + first.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["sized_as"] == "words_small"
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["model"]["tie_weights"] is True and saved["model"]["scheduler"]["_target_"].endswith("WarmupPlateau")
     assert saved["model"]["hidden_size"] == 48 and saved["trainer"]["max_steps"] == 6  # overrides kept

@@ -50,7 +50,8 @@ def compose_run(overrides: Sequence[str]) -> dict[str, Any]:
             composed = compose(config_name="train", overrides=list(overrides))
         except HydraException as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"corpus sizing could not compose {' '.join(overrides)}: {first}") from None
+            raise ConfigError(f"corpus sizing could not compose {' '.join(overrides)}: {first}; give "
+                              "corpus_sizing.small_preset=<a file of conf/experiment> or corpus_sizing=null") from None
     return OmegaConf.to_container(composed, resolve=False)
 
 
@@ -62,14 +63,24 @@ def run_overrides(rule: DictConfig) -> list[str]:
 
 
 def with_experiment(overrides: Sequence[str], name: str) -> list[str]:
-    """``overrides`` with ``experiment=<name>`` in place of the experiment they chose."""
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "experiment"]
+    """``overrides`` with ``experiment=<name>`` in place of the experiment they chose, and
+    without those of ``corpus_sizing`` (the rule of the preset being replaced)."""
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    kept = [o for o in overrides if key(o) != "experiment" and key(o).split(".")[0] != "corpus_sizing"]
     return [*kept, f"experiment={name}"]
+
+
+def chosen_here(rule: DictConfig) -> bool:
+    """Whether the run chose the preset that declares the rule (not a preset built on it)."""
+    return not HydraConfig.initialized() or HydraConfig.get().runtime.choices.get("experiment") == rule.preset
 
 
 def differences(small: Any, base: Any, key: str = "") -> Iterator[tuple[str, Any, Any]]:
     """``(dotted key, small's value, base's value)`` wherever two configs differ; a component
-    with another ``_target_`` is one difference, the whole node."""
+    with another ``_target_`` is one difference, the whole node. A key only ``base`` holds is
+    not one: sizing adds and changes settings, it removes none."""
     if isinstance(small, dict) and isinstance(base, dict) and small.get("_target_") == base.get("_target_"):
         for name in small:
             yield from differences(small[name], base.get(name, MISSING), f"{key}.{name}" if key else name)
@@ -82,7 +93,7 @@ def size_to_corpus(cfg: DictConfig, train_tokens: int, overrides: Sequence[str] 
     returns the settings changed, ``{}`` when the rule keeps the run as composed.
     ``overrides``: the run's command line (default: the Hydra job's)."""
     rule = cfg.get("corpus_sizing")
-    if not rule or train_tokens >= rule.small_below_tokens:
+    if not rule or train_tokens >= rule.small_below_tokens or not chosen_here(rule):
         return {}
     overrides = run_overrides(rule) if overrides is None else list(overrides)
     as_run = compose_run(overrides)
@@ -94,7 +105,8 @@ def size_to_corpus(cfg: DictConfig, train_tokens: int, overrides: Sequence[str] 
             continue
         if not any(key == k or key.startswith(k + ".") for k in SIZED):
             raise ConfigError(f"experiment={rule.small_preset} sets {key}, which is read before the corpus is "
-                              f"prepared; corpus sizing may change only {', '.join(SIZED)}")
+                              f"prepared; corpus sizing may change only {', '.join(SIZED)}: give {key} on the "
+                              "command line or corpus_sizing=null")
         if _get(now, key) == composed:  # a value the caller set since composing is kept
             changed[key] = value
     _apply(cfg, changed)

@@ -308,7 +308,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if trainer.is_global_zero:
         # Final numbers as plain JSON next to the checkpoints: what `rnnlm.report` collects.
         record = {"metrics": metrics, "global_step": trainer.global_step, "best_ckpt": best, "interrupted": trainer.interrupted,
-                  "precision": str(trainer.precision)}
+                  "precision": str(trainer.precision),
+                  "sized_as": cfg.corpus_sizing.small_preset if sized else None}  # experiment=words ran as this
         write_text(output_dir / "metrics.json", json.dumps(record, indent=2))
     objects = {
         "cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
