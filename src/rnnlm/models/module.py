@@ -14,6 +14,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import MeanMetric, MinMetric
 
 from rnnlm.data.tokenizers import Tokenizer
+from rnnlm.models.cache import CacheFit, best_fit, cache_lanes, cache_totals
 from rnnlm.models.evaluation import score_totals
 from rnnlm.models.network import RNNLM
 from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, max_tails, resolve_output
@@ -48,6 +49,7 @@ class LanguageModel(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
         stateful_eval_lanes: int | None = 64,
+        cache_size: int | None = None,
         adaptive_above: int = ADAPTIVE_ABOVE,
         token_counts: Callable[[], Any] | None = None,
         **network: Any,
@@ -59,14 +61,18 @@ class LanguageModel(pl.LightningModule):
         ``output="auto"`` becomes ``adaptive`` above ``adaptive_above`` tokens, else
         ``softmax``; an adaptive softmax without ``adaptive_cutoffs`` takes them from
         ``token_counts()`` (each id's count in the train split). The checkpoint keeps the
-        resolved output and cutoffs, so loading it needs neither."""
+        resolved output and cutoffs, so loading it needs neither.
+
+        ``cache_size``: also report val and test with a continuous cache of this many positions
+        (:mod:`rnnlm.models.cache`), fitted on val by ``trainer.validate`` and used by the
+        ``trainer.test`` after it; ``None``: off."""
         super().__init__()
         if optimizer is None:
             raise ConfigError("model.optimizer is null; give one, e.g. model.optimizer._target_=torch.optim.AdamW")
         unknown = sorted(set(network) - set(NETWORK_ARGUMENTS))
         if unknown:
             raise ConfigError(f"model.{unknown[0]} is not a setting of the model; it has {', '.join(NETWORK_ARGUMENTS[1:])}, "
-                              "compile, stateful_eval_lanes, adaptive_above, optimizer and scheduler")
+                              "compile, stateful_eval_lanes, cache_size, adaptive_above, optimizer and scheduler")
         network = {**NETWORK_DEFAULTS, **network}  # every setting in the checkpoint, defaults too
         network["output"] = resolve_output(network["output"], vocab_size, adaptive_above)
         counts = token_counts() if network["output"] == "adaptive" and token_counts is not None else None
@@ -92,6 +98,7 @@ class LanguageModel(pl.LightningModule):
         self.carry_state = False  # set at fit start when the data comes in lanes
         self._train_state = None
         self.val_loss_best = MinMetric()
+        self.cache_fit: CacheFit | None = None  # chosen on val by trainer.validate, used by trainer.test
 
     @staticmethod
     def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
@@ -152,20 +159,52 @@ class LanguageModel(pl.LightningModule):
 
     def _log_stateful(self, split: str) -> None:
         """Loss over the whole split read in order with the state carried (how an RNN is
-        used), next to the per-window figure; each rank reads its own contiguous part."""
+        used), next to the per-window figure; each rank reads its own contiguous part. With
+        ``cache_size`` set, the same with the continuous cache (:meth:`_log_cache`)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not self.hparams.get("stateful_eval_lanes") or datamodule is None or self.trainer.sanity_checking:
+        if datamodule is None or self.trainer.sanity_checking:
             return
         parts = datamodule.tokens[split].tensor_split(self.trainer.world_size)
         part, offset = parts[self.trainer.global_rank], sum(len(p) for p in parts[: self.trainer.global_rank])
-        lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
-        totals = list(score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths))
-        scored = np.array([offset + 1]), np.array([offset + 1 + lanes * ((len(part) - 1) // lanes)])
-        totals[3] += float(datamodule.unknown[split].within(*scored)[0])  # the targets' <unk> as written
-        # Summed over the ranks' parts: the figures of the whole split.
-        nll_sum, _, count, chars = self.trainer.strategy.reduce(torch.tensor(totals, device=self.device), reduce_op="sum")
-        for name, value in {"loss": nll_sum / count, "bpt": nll_sum / count / LN2, "bpc": nll_sum / chars / LN2}.items():
-            self.log(f"{split}/{name}_stateful", value, sync_dist=True)
+        if self.hparams.get("stateful_eval_lanes"):
+            lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
+            nll, _, count, chars = score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths)
+            nll_sum, count, chars = self._split_totals(split, offset, lanes, len(part), torch.tensor(nll), count, chars)
+            for name, value in {"loss": nll_sum / count, "bpt": nll_sum / count / LN2, "bpc": nll_sum / chars / LN2}.items():
+                self.log(f"{split}/{name}_stateful", value, sync_dist=True)
+        if self.hparams.get("cache_size"):
+            self._log_cache(split, part, offset)
+
+    def _split_totals(self, split: str, offset: int, lanes: int, length: int, nll: torch.Tensor, count: int,
+                      chars: float) -> tuple[torch.Tensor, float, float]:
+        """This rank's summed NLL (any shape), scored tokens and their characters, with the
+        characters of the <unk> targets as written added, summed over the ranks: the whole
+        split's. Lanes over a part of ``length`` at ``offset`` score the targets ``offset + 1``
+        to ``offset + lanes * lane length``."""
+        scored = np.array([offset + 1]), np.array([offset + 1 + lanes * ((length - 1) // lanes)])
+        chars += float(self.trainer.datamodule.unknown[split].within(*scored)[0])
+        flat = torch.cat([nll.double().reshape(-1), torch.tensor([count, chars], dtype=torch.float64)])
+        summed = self.trainer.strategy.reduce(flat.to(self.device), reduce_op="sum").cpu()
+        return summed[:-2].view_as(nll), float(summed[-2]), float(summed[-1])
+
+    def _log_cache(self, split: str, part: torch.Tensor, offset: int) -> None:
+        """val (in ``trainer.validate``): choose the cache's theta and lambda on the split and log
+        its loss there; test: the split's loss with the chosen ones (none chosen: nothing)."""
+        size = self.hparams.cache_size
+        choosing = split == "val" and self.trainer.state.fn == TrainerFn.VALIDATING
+        if not choosing and (split != "test" or self.cache_fit is None or self.cache_fit.size != size):
+            return
+        lanes = cache_lanes(len(part), size, self.hparams.get("stateful_eval_lanes") or 64)
+        grid = {} if choosing else {"thetas": (self.cache_fit.theta,), "lambdas": (self.cache_fit.lam,)}
+        nll, targets = cache_totals(self.net, part, size, lanes, **grid)
+        chars = float(self.char_lengths.cpu()[targets].sum())
+        nll, count, chars = self._split_totals(split, offset, lanes, len(part), nll, targets.numel(), chars)
+        if choosing:
+            self.cache_fit = best_fit(nll, count, size)
+            self.log_dict({"val/cache_size": float(size), "val/cache_theta": self.cache_fit.theta,
+                           "val/cache_lambda": self.cache_fit.lam}, sync_dist=True)
+        nll = float(nll.min())  # the chosen point's (test scores only that one)
+        self.log_dict({f"{split}/loss_cache": nll / count, f"{split}/bpc_cache": nll / chars / LN2}, sync_dist=True)
 
     # The stateful pass runs at epoch start, after every callback's: a weight-averaging
     # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.models.calibration's

@@ -17,6 +17,7 @@ from rnnlm.generation.decoding import generate
 from rnnlm.generation.plan import decode_plan, score_text, text_ids
 from rnnlm.generation.stats import sample_statistics
 from rnnlm.generation.stopping import TextStreams, through_stop
+from rnnlm.models.cache import score_with_cache
 from rnnlm.models.loading import TRAIN_HINT, LoadedModel, load_model
 from rnnlm.utils.errors import CheckpointError, ConfigError
 from rnnlm.utils.files import disk_error, streamed, write_text
@@ -56,7 +57,11 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     text = read_text_option(cfg, "text", "text_file")
     if not text:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
-    return score_text(loaded, *text_ids(loaded, text, cfg.get("unknown", "replace")))
+    ids, chars = text_ids(loaded, text, cfg.get("unknown", "replace"))
+    result = score_text(loaded, ids, chars)
+    if cfg.get("cache_size"):
+        result.update(score_with_cache(loaded.net, ids, chars, cfg.cache_size, cfg.cache_theta, cfg.cache_lambda))
+    return result
 
 
 def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
@@ -149,5 +154,10 @@ def report(metrics: dict[str, float], objects: dict[str, Any]) -> str:
             f"{record['bpc']:.4f} bits/char, {record['bpt']:.4f} bits/token | accuracy {record['acc']:.3f} "
             f"over {record['tokens']} tokens"
         )
+        if "bpc_cache" in record:
+            settings = record["settings"]
+            lines.append(f"with the continuous cache (size {settings['cache_size']}, theta {settings['cache_theta']}, "
+                         f"lambda {settings['cache_lambda']}): loss {record['loss_cache']:.4f} nats/token | "
+                         f"perplexity {record['ppl_cache']:.3f} | {record['bpc_cache']:.4f} bits/char")
     lines.append(f"written: {objects['output_dir'] / 'result.json'}")
     return "\n".join(lines)

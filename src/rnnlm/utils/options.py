@@ -117,6 +117,7 @@ Rule = Number | Choice | Flag
 FLAG = Flag()
 BIG = 10**9  # steps, batches, epochs: far beyond any run, small enough that no product overflows
 WIDTH = 2**14  # units of a layer: a 16k-unit LSTM layer already holds 2.1 G weights
+CACHE = 10_000  # positions a continuous cache holds: x 64 lanes x 256 tokens of similarities in memory
 VOCAB = 2**24  # vocabulary entries (and ids): ids are stored as int32 at most
 SEED = Number(0, 2**32 - 1, integer=True, nullable=True)
 PROBABILITY = Number(0, 1, high_open=True)  # dropout, decay: [0, 1)
@@ -156,6 +157,7 @@ OPTIONS: dict[str, Rule] = {
     "model.adaptive_cutoffs.*": count(VOCAB),
     "model.adaptive_div_value": Number(1, 64),
     "model.stateful_eval_lanes": count(2**16, nullable=True),
+    "model.cache_size": count(CACHE, nullable=True),
     "corpus_sizing.small_below_tokens": count(BIG, low=0),
     "model.optimizer.lr": Number(0, 1000, low_open=True),  # SGD recipes use up to 20-40
     "model.optimizer.weight_decay": Number(0, 100),
@@ -214,6 +216,9 @@ OPTIONS: dict[str, Rule] = {
     "top_p": Number(0, 1, low_open=True, nullable=True),
     "beam_width": count(1024),
     "length_penalty": Number(-10, 10),  # beam scores are divided by length ** length_penalty
+    "cache_size": count(CACHE, nullable=True),
+    "cache_theta": Number(0, 100),  # x a dot product of hidden states: at 100 only the nearest counts
+    "cache_lambda": PROBABILITY,
     "keep_tokens": count(10**7, nullable=True),  # x num_samples tokens held in memory
     "port": count(65535, low=0),  # 0: any free port (sampling/playground/server.bind)
 }
