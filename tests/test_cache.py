@@ -1,14 +1,16 @@
 """The continuous cache: the mixture it scores, that it never sees a target before scoring it,
 and its figures from train.py and sample.py mode=score."""
 
+import functools
 import json
 import math
 
 import pytest
 import torch
 
-from rnnlm.models.cache import best_fit, cache_lanes, cache_totals
+from rnnlm.models.cache import best_fit, cache_lanes, cache_totals, score_with_cache
 from rnnlm.models.evaluation import score_totals
+from rnnlm.models.module import LanguageModel
 from rnnlm.models.network import RNNLM
 from rnnlm.sampling.sample import sample
 from rnnlm.training.train import summary, train
@@ -69,7 +71,7 @@ def test_a_target_is_never_in_the_cache_that_scores_it():
     net = tiny_net(vocab=64)
     ids = torch.randperm(64, generator=torch.Generator().manual_seed(3))
     totals, _ = cache_totals(net, ids, size=100, lanes=1)
-    assert best_fit(totals, 63, 100).lam == 0.0
+    assert best_fit(totals, 63).lam == 0.0
     assert bool((totals[:, 1:] > totals[:, :1]).all())  # any share of the cache only costs
 
 
@@ -79,7 +81,7 @@ def test_a_repeated_passage_is_predicted_from_the_cache():
     passage = torch.randint(0, 64, (120,), generator=torch.Generator().manual_seed(4))
     ids = torch.cat([passage, passage])
     totals, _ = cache_totals(net, ids, size=200, lanes=1, thetas=thetas)
-    fit = best_fit(totals, len(ids) - 1, 200, thetas)
+    fit = best_fit(totals, len(ids) - 1, thetas)
     assert fit.lam > 0 and fit.loss < 0.75 * float(totals[0, 0]) / (len(ids) - 1)
 
 
@@ -102,6 +104,10 @@ def test_train_chooses_the_cache_on_val_and_reports_test_with_it(tmp_path):
     for split in ("val", "test"):
         per_char = metrics[f"{split}/bpc_stateful"] / metrics[f"{split}/loss_stateful"]
         assert metrics[f"{split}/bpc_cache"] / metrics[f"{split}/loss_cache"] == pytest.approx(per_char, rel=1e-6)
+    # Test reads with val's choice, not its own: the loss of the one point chosen on val.
+    model, test_ids = objects["model"], objects["datamodule"].tokens["test"]
+    chosen, targets = cache_totals(model.net, test_ids, 30, 1, (metrics["val/cache_theta"],), (metrics["val/cache_lambda"],))
+    assert metrics["test/loss_cache"] == pytest.approx(float(chosen[0, 0]) / targets.numel(), rel=1e-5)
     recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert recorded["test/bpc_cache"] == metrics["test/bpc_cache"]
     text = summary(metrics, objects, temperatures=(), length=0)
@@ -120,8 +126,12 @@ def test_train_chooses_the_cache_on_val_and_reports_test_with_it(tmp_path):
     assert scored[metrics["val/cache_lambda"]]["score/bpc_cache"] < scored[0.0]["score/bpc"] - 0.1
 
 
-def test_an_exported_model_has_no_cache(tmp_path):
-    from rnnlm.models.cache import score_with_cache
+@pytest.mark.parametrize("size", [0, 10_001, 2.5])
+def test_a_cache_size_out_of_bounds_is_refused(size):
+    with pytest.raises(ConfigError, match="model.cache_size"):
+        LanguageModel(vocab_size=20, tokenizer={}, optimizer=functools.partial(torch.optim.SGD, lr=0.1), cache_size=size)
 
+
+def test_an_exported_model_has_no_cache():
     with pytest.raises(ConfigError, match="cache_size needs a checkpoint"):
         score_with_cache(object(), torch.arange(5), torch.ones(5), 10, 1.0, 0.1)

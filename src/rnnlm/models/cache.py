@@ -27,22 +27,22 @@ from rnnlm.models.evaluation import lane_windows
 from rnnlm.utils.errors import ConfigError
 
 THETAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0)  # the best: ~5 for 1 MB of WikiText-2
-LAMBDAS = tuple(0.05 * i for i in range(13))  # 0 (no cache) ... 0.6
+LAMBDAS = tuple(round(0.05 * i, 2) for i in range(13))  # 0 (no cache) ... 0.6
 LANE_TOKENS = 8  # x size: the fewest tokens a lane holds, so the cache is full for most of it
 CHUNK = 256  # tokens per lane scored at once: [lanes, CHUNK, size + CHUNK] similarities
+MOST_LANES = 64  # lanes read side by side: similarities of [64, CHUNK, 10,256] fp32 (rnnlm.utils.options.CACHE) take 672 MB
 
 
 @dataclass(frozen=True)
 class CacheFit:
     """The cache's settings and the loss (nats per token) they gave on the text they were chosen on."""
 
-    size: int
     theta: float
     lam: float
     loss: float
 
 
-def cache_lanes(tokens: int, size: int, most: int) -> int:
+def cache_lanes(tokens: int, size: int, most: int = MOST_LANES) -> int:
     """Lanes to read ``tokens`` in: as many as ``most`` allows while each holds ``LANE_TOKENS x
     size`` tokens (a cache starts empty at the head of each lane), at least one."""
     return max(1, min(most, (tokens - 1) // (LANE_TOKENS * size)))
@@ -64,15 +64,18 @@ def cache_totals(net: nn.Module, ids: torch.Tensor, size: int, lanes: int = 1,
     scored = []
     for inputs, targets in lane_windows(net, ids, lanes, chunk):
         hidden, state = net.features(inputs, state)
-        log_model = (net.output_logits(hidden).float() * net.logit_scale).log_softmax(-1)
-        log_model = log_model.gather(-1, targets[..., None]).squeeze(-1)  # [lanes, c]
-        hidden = hidden.float()
+        logits = net.scaled_logits(hidden).float()
+        log_model = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [lanes, c]
+        del logits  # [lanes, c, vocab]: the largest tensor here for a large vocabulary
+        # On a GPU, fp32 matmuls run in TF32 (rnnlm.training.precision): errors of ~1e-2 in a dot
+        # product, times theta up to 30, would move the cache's weights; fp64 keeps them exact.
+        hidden = hidden.to(torch.float64 if hidden.is_cuda else torch.float32)
         scored.append(targets.cpu())
         if keys is None:
             keys, values = hidden[:, :0], targets[:, :0]
         keys, values = torch.cat([keys, hidden], 1), torch.cat([values, targets], 1)
         held, c = keys.size(1) - hidden.size(1), hidden.size(1)
-        similarity = hidden @ keys.transpose(1, 2)  # [lanes, c, held + c]
+        similarity = (hidden @ keys.transpose(1, 2)).float()  # [lanes, c, held + c]
         position = torch.arange(held + c, device=keys.device)[None, :] - held  # each key's, from the chunk's start
         query = torch.arange(c, device=keys.device)[:, None]
         visible = (position < query) & (position >= query - size)  # the last `size` before it
@@ -88,12 +91,12 @@ def cache_totals(net: nn.Module, ids: torch.Tensor, size: int, lanes: int = 1,
     return totals, torch.cat(scored, 1)
 
 
-def best_fit(totals: torch.Tensor, count: int, size: int, thetas: tuple[float, ...] = THETAS,
+def best_fit(totals: torch.Tensor, count: int, thetas: tuple[float, ...] = THETAS,
              lambdas: tuple[float, ...] = LAMBDAS) -> CacheFit:
     """The grid point of least loss among :func:`cache_totals`' totals over ``count`` tokens."""
     best = int(totals.argmin())
     i, j = divmod(best, totals.size(1))
-    return CacheFit(size, float(thetas[i]), float(lambdas[j]), float(totals[i, j]) / count)
+    return CacheFit(float(thetas[i]), float(lambdas[j]), float(totals[i, j]) / count)
 
 
 def score_with_cache(net: nn.Module, ids: torch.Tensor, chars: torch.Tensor, size: int, theta: float,

@@ -19,6 +19,7 @@ from rnnlm.models.evaluation import score_totals
 from rnnlm.models.network import RNNLM
 from rnnlm.models.output import ADAPTIVE_ABOVE, auto_cutoffs, cluster_shares, max_tails, resolve_output
 from rnnlm.utils.errors import ConfigError
+from rnnlm.utils.options import check_args
 
 NETWORK_ARGUMENTS = tuple(inspect.signature(RNNLM).parameters)  # vocab_size, cell, hidden_size, ...
 NETWORK_DEFAULTS = {k: p.default for k, p in inspect.signature(RNNLM).parameters.items() if p.default is not p.empty}
@@ -73,6 +74,7 @@ class LanguageModel(pl.LightningModule):
         if unknown:
             raise ConfigError(f"model.{unknown[0]} is not a setting of the model; it has {', '.join(NETWORK_ARGUMENTS[1:])}, "
                               "compile, stateful_eval_lanes, cache_size, adaptive_above, optimizer and scheduler")
+        check_args("model", stateful_eval_lanes=stateful_eval_lanes, cache_size=cache_size)
         network = {**NETWORK_DEFAULTS, **network}  # every setting in the checkpoint, defaults too
         network["output"] = resolve_output(network["output"], vocab_size, adaptive_above)
         counts = token_counts() if network["output"] == "adaptive" and token_counts is not None else None
@@ -169,7 +171,9 @@ class LanguageModel(pl.LightningModule):
         if self.hparams.get("stateful_eval_lanes"):
             lanes = max(1, min(self.hparams.stateful_eval_lanes, (len(part) - 1) // 2))
             nll, _, count, chars = score_totals(self.net, part, lanes, chunk=256, char_lengths=self.char_lengths)
-            nll_sum, count, chars = self._split_totals(split, offset, lanes, len(part), torch.tensor(nll), count, chars)
+            nll, count, chars = self._split_totals(split, offset, lanes, len(part), torch.tensor(nll, dtype=torch.float64),
+                                                   count, chars)
+            nll_sum = float(nll)
             for name, value in {"loss": nll_sum / count, "bpt": nll_sum / count / LN2, "bpc": nll_sum / chars / LN2}.items():
                 self.log(f"{split}/{name}_stateful", value, sync_dist=True)
         if self.hparams.get("cache_size"):
@@ -188,23 +192,25 @@ class LanguageModel(pl.LightningModule):
         return summed[:-2].view_as(nll), float(summed[-2]), float(summed[-1])
 
     def _log_cache(self, split: str, part: torch.Tensor, offset: int) -> None:
-        """val (in ``trainer.validate``): choose the cache's theta and lambda on the split and log
-        its loss there; test: the split's loss with the chosen ones (none chosen: nothing)."""
+        """val in ``trainer.validate``: choose the cache's theta and lambda on the split and log
+        its loss there; test: the split's loss with the ones chosen. ``train`` validates the best
+        checkpoint, then tests it: a ``trainer.test`` with no validation before it has none
+        chosen and logs no cache figure."""
         size = self.hparams.cache_size
         choosing = split == "val" and self.trainer.state.fn == TrainerFn.VALIDATING
-        if not choosing and (split != "test" or self.cache_fit is None or self.cache_fit.size != size):
+        if not choosing and (split != "test" or self.cache_fit is None):
             return
-        lanes = cache_lanes(len(part), size, self.hparams.get("stateful_eval_lanes") or 64)
+        lanes = cache_lanes(len(part), size)
         grid = {} if choosing else {"thetas": (self.cache_fit.theta,), "lambdas": (self.cache_fit.lam,)}
         nll, targets = cache_totals(self.net, part, size, lanes, **grid)
         chars = float(self.char_lengths.cpu()[targets].sum())
         nll, count, chars = self._split_totals(split, offset, lanes, len(part), nll, targets.numel(), chars)
-        if choosing:
-            self.cache_fit = best_fit(nll, count, size)
+        if choosing:  # the same on every rank: each has the totals of the whole split
+            self.cache_fit = best_fit(nll, count)
             self.log_dict({"val/cache_size": float(size), "val/cache_theta": self.cache_fit.theta,
                            "val/cache_lambda": self.cache_fit.lam}, sync_dist=True)
-        nll = float(nll.min())  # the chosen point's (test scores only that one)
-        self.log_dict({f"{split}/loss_cache": nll / count, f"{split}/bpc_cache": nll / chars / LN2}, sync_dist=True)
+        nll_sum = float(nll.min())  # the chosen point's (test scores only that one)
+        self.log_dict({f"{split}/loss_cache": nll_sum / count, f"{split}/bpc_cache": nll_sum / chars / LN2}, sync_dist=True)
 
     # The stateful pass runs at epoch start, after every callback's: a weight-averaging
     # callback (EMA/SWA) has swapped its averaged weights in by then, and rnnlm.models.calibration's

@@ -164,8 +164,12 @@ class RNNLM(nn.Module):
         """``tokens`` [batch, time] -> logits [batch, time, vocab] and the new state. An
         adaptive softmax gives its full log-probabilities: logits whose softmax is the same."""
         hidden, state = self.features(tokens, state)
+        return self.scaled_logits(hidden), state
+
+    def scaled_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`output_logits` times the fitted logit scale outside training: ``forward``'s logits."""
         logits = self.output_logits(hidden)
-        return (logits if self.training else logits * self.logit_scale), state
+        return logits if self.training else logits * self.logit_scale
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The output layer: [batch, time, hidden] -> logits [batch, time, vocab], unscaled."""

@@ -58,10 +58,8 @@ def score(cfg: DictConfig, loaded: LoadedModel) -> dict[str, Any]:
     if not text:
         raise ConfigError("mode=score needs the text to score: pass text='...' or text_file=<path>")
     ids, chars = text_ids(loaded, text, cfg.get("unknown", "replace"))
-    result = score_text(loaded, ids, chars)
-    if cfg.get("cache_size"):
-        result.update(score_with_cache(loaded.net, ids, chars, cfg.cache_size, cfg.cache_theta, cfg.cache_lambda))
-    return result
+    cached = score_with_cache(loaded.net, ids, chars, cfg.cache_size, cfg.cache_theta, cfg.cache_lambda) if cfg.get("cache_size") else {}
+    return {**score_text(loaded, ids, chars), **cached}
 
 
 def generate_samples(cfg: DictConfig, loaded: LoadedModel, output_dir: Path) -> dict[str, Any]:
