@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rnnlm.models.cache import best_fit, cache_lanes, cache_totals, score_with_cache
+from rnnlm.models.cache import LAMBDAS, THETAS, CacheFit, best_fit, cache_lanes, cache_totals, score_with_cache
 from rnnlm.models.evaluation import score_totals
 from rnnlm.models.module import LanguageModel
 from rnnlm.models.network import RNNLM
@@ -97,17 +97,22 @@ def test_train_chooses_the_cache_on_val_and_reports_test_with_it(tmp_path):
                                    "trainer.max_steps=10", "callbacks.sample_text=null", "model.cache_size=30",
                                    "model.stateful_eval_lanes=1"], tmp_path / "run")
     metrics, objects = train(cfg)
-    assert metrics["val/cache_size"] == 30 and metrics["val/cache_theta"] > 0
+    assert metrics["val/cache_size"] == 30 and metrics["val/cache_theta"] in THETAS
     # The test file repeats one line: the cache predicts it from its first reading.
     assert metrics["test/bpc_cache"] < metrics["test/bpc_stateful"] - 0.1
     # One lane each: the same targets, so the same characters (each <unk> as written).
     for split in ("val", "test"):
         per_char = metrics[f"{split}/bpc_stateful"] / metrics[f"{split}/loss_stateful"]
         assert metrics[f"{split}/bpc_cache"] / metrics[f"{split}/loss_cache"] == pytest.approx(per_char, rel=1e-6)
-    # Test reads with val's choice, not its own: the loss of the one point chosen on val.
-    model, test_ids = objects["model"], objects["datamodule"].tokens["test"]
-    chosen, targets = cache_totals(model.net, test_ids, 30, 1, (metrics["val/cache_theta"],), (metrics["val/cache_lambda"],))
-    assert metrics["test/loss_cache"] == pytest.approx(float(chosen[0, 0]) / targets.numel(), rel=1e-5)
+    # Test reads with the settings chosen before it, not with its own best: given a poor choice,
+    # its loss is that choice's.
+    model, trainer, test_ids = objects["model"], objects["trainer"], objects["datamodule"].tokens["test"]
+    model.cache_fit = CacheFit(theta=0.1, lam=0.05, loss=0.0)
+    trainer.test(model, datamodule=objects["datamodule"], ckpt_path=objects["best_ckpt"], verbose=False)
+    grid, targets = cache_totals(model.net, test_ids, 30, 1)
+    poor = float(grid[THETAS.index(0.1), LAMBDAS.index(0.05)]) / targets.numel()
+    assert float(trainer.callback_metrics["test/loss_cache"]) == pytest.approx(poor, rel=1e-5)
+    assert poor > float(grid.min()) / targets.numel() + 0.1
     recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert recorded["test/bpc_cache"] == metrics["test/bpc_cache"]
     text = summary(metrics, objects, temperatures=(), length=0)

@@ -2,6 +2,7 @@
 engine's text, stateful evaluation, DDP on two GPUs. Marked ``gpu``: skipped, with the reason,
 where CUDA is absent (``python -m benchmarks --gpu`` runs them on a GPU machine)."""
 
+import copy
 import json
 import math
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from rnnlm.data.tokenizers import CharTokenizer
+from rnnlm.models.cache import THETAS, cache_lanes, cache_totals
 from rnnlm.models.loading import CHECKPOINT_FORMAT
 from rnnlm.models.network import RNNLM
 from rnnlm.sampling.sample import sample
@@ -72,7 +74,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, corpus_file):
 
 
 def test_stateful_evaluation_reads_the_split_in_order(tmp_path, corpus_file):
-    metrics, objects = run(tmp_path, corpus_file, "run", "model.stateful_eval_lanes=1", "trainer.max_steps=20")
+    metrics, objects = run(tmp_path, corpus_file, "run", "model.stateful_eval_lanes=1", "model.cache_size=30",
+                           "trainer.max_steps=20")
     net = objects["model"].net.eval()
     for split in ("val", "test"):
         ids = objects["datamodule"].tokens[split].long().to(net.logit_scale.device)
@@ -80,6 +83,10 @@ def test_stateful_evaluation_reads_the_split_in_order(tmp_path, corpus_file):
             logits, _ = net(ids[None])
         loss = float(torch.nn.functional.cross_entropy(logits[0, :-1].float(), ids[1:]))
         assert metrics[f"{split}/loss_stateful"] == pytest.approx(loss, rel=1e-4)
+    # The continuous cache on the GPU (fp64 similarities) as on the CPU, with val's choice.
+    test_ids, chosen = objects["datamodule"].tokens["test"], ((metrics["val/cache_theta"],), (metrics["val/cache_lambda"],))
+    nll, targets = cache_totals(copy.deepcopy(net).cpu(), test_ids, 30, cache_lanes(len(test_ids), 30), *chosen)
+    assert metrics["test/loss_cache"] == pytest.approx(float(nll[0, 0]) / targets.numel(), rel=1e-3)
 
 
 def write_checkpoint(path, cell):
@@ -134,8 +141,10 @@ def test_ddp_on_two_gpus_carries_each_ranks_own_streams(tmp_path, corpus_file):
     whole split in order, the weights being the same."""
     overrides = [o for o in GPU_TINY if not o.startswith("trainer=")]
     result = run_script("train.py", *overrides, "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=2",
-                        "data.order=lanes", "model.stateful_eval_lanes=1", f"data.path={corpus_file}",
+                        "data.order=lanes", "model.stateful_eval_lanes=1", "model.cache_size=30", f"data.path={corpus_file}",
                         "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert math.isfinite(record["metrics"]["val/loss_stateful"]) and math.isfinite(record["metrics"]["test/loss"])
+    # The cache's grid summed over both ranks: one choice, and a test figure with it.
+    assert record["metrics"]["val/cache_theta"] in THETAS and math.isfinite(record["metrics"]["test/bpc_cache"])

@@ -30,7 +30,7 @@ THETAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.
 LAMBDAS = tuple(round(0.05 * i, 2) for i in range(13))  # 0 (no cache) ... 0.6
 LANE_TOKENS = 8  # x size: the fewest tokens a lane holds, so the cache is full for most of it
 CHUNK = 256  # tokens per lane scored at once: [lanes, CHUNK, size + CHUNK] similarities
-MOST_LANES = 64  # lanes read side by side: similarities of [64, CHUNK, 10,256] fp32 (rnnlm.utils.options.CACHE) take 672 MB
+MOST_LANES = 64  # lanes read side by side: at rnnlm.utils.options.CACHE, [64, CHUNK, 10,256] similarities, a few at once: ~3-4 GB
 
 
 @dataclass(frozen=True)

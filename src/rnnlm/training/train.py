@@ -349,8 +349,8 @@ def summary(metrics: dict[str, float], objects: dict[str, Any], temperatures=(0.
                          f"{metrics[f'{split}/bpc_cache']:.4f} bits/char")
     if "val/cache_theta" in metrics:
         size, theta, lam = (metrics[f"val/cache_{k}"] for k in ("size", "theta", "lambda"))
-        lines.append(f"the cache on other text: python sample.py mode=score ckpt=<best checkpoint> text_file=<file> "
-                     f"cache_size={size:.0f} cache_theta={theta:g} cache_lambda={lam:g}")
+        lines.append(f"the cache on other text: python sample.py mode=score ckpt={objects['best_ckpt'] or '<checkpoint>'} "
+                     f"text_file=<file> cache_size={size:.0f} cache_theta={theta:g} cache_lambda={lam:g}")
     if "train/passes" in metrics:
         lines.append(f"trained {objects['trainer'].global_step:,} steps: {metrics['train/passes']:.1f} passes over the train split")
     if "val/loss_best" in metrics:

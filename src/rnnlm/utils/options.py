@@ -117,7 +117,7 @@ Rule = Number | Choice | Flag
 FLAG = Flag()
 BIG = 10**9  # steps, batches, epochs: far beyond any run, small enough that no product overflows
 WIDTH = 2**14  # units of a layer: a 16k-unit LSTM layer already holds 2.1 G weights
-CACHE = 10_000  # positions a continuous cache holds: x 64 lanes x 256 tokens of similarities in memory
+CACHE = 10_000  # positions a continuous cache holds: at most ~3-4 GB of similarities (rnnlm.models.cache.MOST_LANES)
 VOCAB = 2**24  # vocabulary entries (and ids): ids are stored as int32 at most
 SEED = Number(0, 2**32 - 1, integer=True, nullable=True)
 PROBABILITY = Number(0, 1, high_open=True)  # dropout, decay: [0, 1)
